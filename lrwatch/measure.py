@@ -1,0 +1,262 @@
+"""Exact per-step measurement at the optimizer's own step, on the device, without host syncs.
+
+`StepMeter` hooks one ``torch.optim.Optimizer`` with ``register_step_pre_hook`` /
+``register_step_post_hook``. Hooking the optimizer rather than batch hooks means the real update is
+measured exactly once whatever drives it: gradient accumulation, AMP steps skipped by the grad
+scaler (the hooks do not fire), manual optimization, several optimizers.
+
+Per measured step it records, into a device ring buffer:
+
+- ``displacement`` m_t = ||w_t − w_{t−1}||₂ over every trainable parameter of the optimizer,
+  computed from a snapshot taken just before the step (parameters the step did not update
+  contribute exactly zero, so this equals the norm over the updated ones);
+- ``grad_norm``: ||g||₂ over the gradients present when the step ran (after unscaling and
+  clipping, i.e. the gradient the update used);
+- ``lr`` of every param group (the lr the update used);
+- ``loss``: whatever the adapter assigns with `assign_loss` (NaN when never assigned).
+
+The ring is copied to pinned host memory with a non-blocking copy when it is full, and that copy is
+read one ring later, by when it has long completed: nothing in the step path waits for the device.
+`drain` hands over the chunks whose copy has completed; `finish` collects everything (it does
+synchronise, and is meant for the end of training).
+
+Memory: one snapshot of the trainable parameters (float32 for low-precision parameters, so that the
+difference is exact), plus ``flush_every × (3 + n_groups)`` floats on the device.
+
+Under sharded data parallelism (FSDP) each rank holds a shard: pass ``process_group`` (or ``True``
+for the default group) and the squared norms are all-reduced (sum) before the square root. Under
+replicated data parallelism (DDP) every rank measures the same update and no reduction is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+DISPLACEMENT, GRAD_NORM, LOSS = 0, 1, 2
+_FIRST_LR_COLUMN = 3
+
+
+@dataclass(frozen=True)
+class StepRecords:
+    """Host copies of measured steps, one row per step, in step order.
+
+    Attributes:
+        steps: int64 (n,), the step label of each row (the clock's value after the step).
+        displacement: float64 (n,), m_t in parameter units.
+        grad_norm: float64 (n,), gradient L2 norm.
+        loss: float64 (n,), assigned loss, NaN where none was assigned.
+        lr: float64 (n, n_groups), lr of every param group.
+    """
+
+    steps: np.ndarray
+    displacement: np.ndarray
+    grad_norm: np.ndarray
+    loss: np.ndarray
+    lr: np.ndarray
+
+    @staticmethod
+    def concatenate(chunks: list["StepRecords"], n_groups: int) -> "StepRecords":
+        """Join chunks in order; an empty list gives empty arrays of the right shapes."""
+        if not chunks:
+            empty = np.empty(0)
+            return StepRecords(np.empty(0, np.int64), empty, empty, empty, np.empty((0, n_groups)))
+        return StepRecords(
+            *(np.concatenate([getattr(c, f) for c in chunks]) for f in ("steps", "displacement", "grad_norm", "loss", "lr"))
+        )
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def _trainable_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Trainable parameters of the optimizer, each once, in param-group order."""
+    seen: set[int] = set()
+    params = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The locally held shard of a DTensor (FSDP2), the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class StepMeter:
+    """Measures every (or every k-th) step of one optimizer; see the module docstring.
+
+    Args:
+        optimizer: the torch optimizer to hook (not a LightningOptimizer wrapper).
+        flush_every: ring capacity in measured steps; the host copy is started when it is full.
+        every_n_steps: measure only steps whose 0-based index is a multiple of this; the snapshot is
+            taken only before measured steps, so the others cost nothing.
+        clock: returns the label of the step that just completed (e.g. ``trainer.global_step + 1``);
+            by default the meter's own 1-based count of this optimizer's steps.
+        process_group: ``None`` for replicated parameters; a process group, or ``True`` for the
+            default one, when each rank holds a shard and norms must be all-reduced.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        flush_every: int = 50,
+        every_n_steps: int = 1,
+        clock: Callable[[], int] | None = None,
+        process_group: object | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.optimizer = optimizer
+        self.flush_every = flush_every
+        self.every_n_steps = every_n_steps
+        self.n_groups = len(optimizer.param_groups)
+        self._clock = clock
+        self._group = None if process_group is None or process_group is False else (
+            dist.group.WORLD if process_group is True else process_group
+        )
+
+        self.params = _trainable_params(optimizer)
+        locals_ = [_local(p) for p in self.params]
+        device = locals_[0].device if locals_ else torch.device("cpu")
+        # float64 accumulation wherever the backend has it (MPS does not).
+        self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self._snapshots = [
+            torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
+            for p in locals_
+        ]
+        n_columns = _FIRST_LR_COLUMN + self.n_groups
+        self._ring = torch.full((flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
+        self._ring_steps = np.zeros(flush_every, np.int64)
+        pinned = device.type == "cuda"
+        self._host = torch.empty((flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
+        self._copy_done = torch.cuda.Event() if pinned else None
+        self._pending: tuple[int, np.ndarray] | None = None  # (rows, step labels) of the copy in flight
+        self._completed: list[StepRecords] = []
+
+        self._fill = 0  # rows of the ring written since the last rotation
+        self.steps_taken = 0  # every step of this optimizer, measured or not
+        self.steps_measured = 0
+        self._armed = False
+        self._handles: list = []
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def attach(self) -> "StepMeter":
+        """Register the step hooks; idempotent."""
+        if not self._handles:
+            self._handles = [
+                self.optimizer.register_step_pre_hook(self._before_step),
+                self.optimizer.register_step_post_hook(self._after_step),
+            ]
+        return self
+
+    def detach(self) -> None:
+        """Remove the step hooks (the collected data stays readable)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self._armed = bool(self.params) and self.steps_taken % self.every_n_steps == 0
+        if not self._armed:
+            return
+        if self._fill == self.flush_every:
+            self._rotate()
+        torch._foreach_copy_(self._snapshots, [_local(p.detach()) for p in self.params])
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.steps_taken += 1
+        if not self._armed:
+            return
+        self._armed = False
+        locals_ = [_local(p.detach()) for p in self.params]
+        torch._foreach_sub_(self._snapshots, locals_)  # now w_{t-1} - w_t, in place: no new memory
+        squares = torch.stack(
+            [
+                torch.stack(torch._foreach_norm(self._snapshots, 2, dtype=self._acc_dtype)).square().sum(),
+                self._grad_square_sum(locals_[0].device),
+            ]
+        )
+        if self._group is not None:
+            dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=self._group)
+        row = self._ring[self._fill]
+        row[DISPLACEMENT : GRAD_NORM + 1].copy_(squares.sqrt())
+        row[LOSS].fill_(float("nan"))
+        for j, group in enumerate(self.optimizer.param_groups):
+            row[_FIRST_LR_COLUMN + j].fill_(group["lr"])  # a float or a 0-d tensor: no host sync either way
+        self.steps_measured += 1
+        self._ring_steps[self._fill] = self._clock() if self._clock is not None else self.steps_taken
+        self._fill += 1
+
+    def _grad_square_sum(self, device: torch.device) -> torch.Tensor:
+        grads = [_local(p.grad.detach()) for p in self.params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), dtype=self._acc_dtype, device=device)
+        return torch.stack(torch._foreach_norm(grads, 2, dtype=self._acc_dtype)).square().sum()
+
+    # -- loss ------------------------------------------------------------------------------------
+    def assign_loss(self, loss: torch.Tensor | float) -> None:
+        """Record the training loss of the most recently measured step (device copy, no sync).
+
+        The adapter calls this after the step, with the mean loss of the micro-batches that fed it.
+        Does nothing before the first measured step.
+        """
+        if self._fill == 0:
+            return
+        value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+        self._ring[self._fill - 1, LOSS].fill_(value)
+
+    # -- host side -------------------------------------------------------------------------------
+    def _rotate(self) -> None:
+        """Start the host copy of the full ring and collect the previous copy (long finished)."""
+        self._collect_pending()
+        self._host.copy_(self._ring, non_blocking=True)
+        if self._copy_done is not None:
+            self._copy_done.record()
+        self._pending = (self._fill, self._ring_steps[: self._fill].copy())
+        self._fill = 0
+
+    def _collect_pending(self) -> None:
+        if self._pending is None:
+            return
+        if self._copy_done is not None:
+            self._copy_done.synchronize()
+        rows, steps = self._pending
+        self._completed.append(self._records(self._host[:rows].double().numpy().copy(), steps))
+        self._pending = None
+
+    @staticmethod
+    def _records(values: np.ndarray, steps: np.ndarray) -> StepRecords:
+        return StepRecords(
+            steps=steps,
+            displacement=values[:, DISPLACEMENT],
+            grad_norm=values[:, GRAD_NORM],
+            loss=values[:, LOSS],
+            lr=values[:, _FIRST_LR_COLUMN:],
+        )
+
+    def drain(self) -> StepRecords:
+        """The steps whose host copy has completed, handed over once each (never waits on a
+        running computation: a ring's copy is read only after the next ring has filled)."""
+        chunks, self._completed = self._completed, []
+        return StepRecords.concatenate(chunks, self.n_groups)
+
+    def finish(self) -> StepRecords:
+        """Everything not yet drained, including the partly filled ring. Synchronises: call it
+        at the end of training, not in the step loop."""
+        self._collect_pending()
+        if self._fill:
+            self._completed.append(self._records(self._ring[: self._fill].cpu().double().numpy(), self._ring_steps[: self._fill].copy()))
+            self._fill = 0
+        return self.drain()

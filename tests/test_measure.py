@@ -1,0 +1,248 @@
+"""StepMeter on plain torch loops: exactness against an independent flat-vector computation, no host
+sync in the step path, low precision, non-finite values, sharded all-reduce on two real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lrwatch.measure
+from lrwatch.measure import StepMeter
+
+
+def _model(dtype=torch.float32):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+
+
+def _flat(model):
+    return torch.cat([p.detach().double().flatten() for p in model.parameters()])
+
+
+def _train(model, optimizer, steps, meter=None, poison_at=None):
+    """Plain loop; returns the independent reference (displacement, grad norm, lr of group 0) per step."""
+    generator = torch.Generator().manual_seed(1)
+    reference = []
+    for t in range(steps):
+        x = torch.randn(32, 6, generator=generator, dtype=next(model.parameters()).dtype)
+        loss = model(x).square().mean()
+        if poison_at is not None and t >= poison_at:
+            loss = loss * float("nan")
+        optimizer.zero_grad()
+        loss.backward()
+        before = _flat(model)
+        grad = torch.cat([p.grad.double().flatten() for p in model.parameters()]).norm()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        if meter is not None:
+            meter.assign_loss(loss.detach())
+        reference.append(((_flat(model) - before).norm().item(), grad.item(), lr, loss.item()))
+    return np.array(reference)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda ps: torch.optim.Adam(ps, lr=1e-2),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=False),
+    ],
+    ids=["sgd", "nesterov_wd", "adam", "adamw_loop"],
+)
+def test_matches_independent_flat_vector_computation(make_optimizer):
+    model = _model()
+    optimizer = make_optimizer(model.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
+    meter = StepMeter(optimizer, flush_every=5).attach()
+    reference = []
+    for _ in range(3):  # interleave the scheduler so the lr changes between steps
+        reference.append(_train(model, optimizer, 4, meter))
+        scheduler.step()
+    reference = np.concatenate(reference)
+    records = meter.finish()
+    np.testing.assert_array_equal(records.steps, np.arange(1, 13))
+    np.testing.assert_allclose(records.displacement, reference[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(records.grad_norm, reference[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(records.lr[:, 0], reference[:, 2], rtol=1e-12)
+    np.testing.assert_allclose(records.loss, reference[:, 3], rtol=1e-6)
+
+
+def test_every_n_steps_and_clock():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    labels = iter(range(100, 200))
+    meter = StepMeter(optimizer, flush_every=3, every_n_steps=4, clock=lambda: next(labels)).attach()
+    reference = _train(model, optimizer, 13)
+    records = meter.finish()
+    assert meter.steps_taken == 13 and meter.steps_measured == 4
+    np.testing.assert_array_equal(records.steps, [100, 101, 102, 103])  # the clock is read only on measured steps
+    np.testing.assert_allclose(records.displacement, reference[::4, 0], rtol=1e-5)
+
+
+def test_drain_hands_over_each_step_once_in_order():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    meter = StepMeter(optimizer, flush_every=4).attach()
+    seen = []
+    for _ in range(5):
+        _train(model, optimizer, 3)
+        seen.extend(meter.drain().steps.tolist())
+    seen.extend(meter.finish().steps.tolist())
+    assert seen == list(range(1, 16))
+    assert len(meter.finish()) == 0
+
+
+def test_detach_stops_measuring():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    meter = StepMeter(optimizer).attach()
+    _train(model, optimizer, 2)
+    meter.detach()
+    _train(model, optimizer, 3)
+    assert len(meter.finish()) == 2
+
+
+_PACKAGE_DIR = os.path.dirname(lrwatch.measure.__file__) + os.sep
+
+
+def _called_from_lrwatch() -> bool:
+    return any(frame.filename.startswith(_PACKAGE_DIR) for frame in traceback.extract_stack())
+
+
+class _SyncCounter(TorchDispatchMode):
+    """Counts the aten ops issued from lrwatch's code that copy a tensor value to the host
+    (item/float/bool/int/.cpu()). torch's own optimizers read their host-side step counters with
+    .item(), which is not a device sync and not ours, hence the attribution by call stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if ("_local_scalar_dense" in name or ("_to_copy" in name and str((kwargs or {}).get("device")) == "cpu")) and _called_from_lrwatch():
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_step_path_does_no_host_sync(monkeypatch):
+    """Between flushes the hooks call nothing that reads a device value on the host. The test's own loop
+    stays sync-free too; the dispatch mode sees every aten op, the patches catch the non-aten exits."""
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    meter = StepMeter(optimizer, flush_every=50).attach()
+    x = torch.randn(32, 6)
+    exits = []
+    for attr in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, attr)
+        def counted(self, *a, _original=original, _name=attr, **k):
+            if _called_from_lrwatch():
+                exits.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, counted)
+    with _SyncCounter() as counter:
+        for _ in range(40):
+            loss = model(x).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            meter.assign_loss(loss.detach())
+    monkeypatch.undo()
+    assert counter.calls == [] and exits == []
+    assert len(meter.finish()) == 40
+
+
+def test_low_precision_parameters_are_measured_in_float32_exactly():
+    model = _model(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    meter = StepMeter(optimizer).attach()
+    reference = _train(model, optimizer, 5)
+    np.testing.assert_allclose(meter.finish().displacement, reference[:, 0], rtol=1e-6)
+
+
+def test_non_finite_values_are_recorded_not_raised():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    meter = StepMeter(optimizer).attach()
+    _train(model, optimizer, 6, meter, poison_at=3)
+    records = meter.finish()
+    assert np.isfinite(records.displacement[:3]).all()
+    assert np.isnan(records.displacement[3:]).all() and np.isnan(records.grad_norm[3:]).all()
+
+
+def test_no_trainable_parameters_records_nothing():
+    frozen = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+    optimizer = torch.optim.SGD([frozen], lr=0.1)
+    meter = StepMeter(optimizer).attach()
+    optimizer.step()
+    assert meter.params == [] and meter.steps_taken == 1 and len(meter.finish()) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"flush_every": 0}, "flush_every"), ({"flush_every": True}, "flush_every"), ({"every_n_steps": 0}, "every_n_steps"),
+     ({"every_n_steps": 1.5}, "every_n_steps")],
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        StepMeter(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), **kwargs)
+
+
+def test_not_an_optimizer():
+    with pytest.raises(ValueError, match="optimizer"):
+        StepMeter(object())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sharded_worker(rank: int, world: int, port: int, results) -> None:
+    """Each rank holds its own rows of one weight matrix and applies its slice of one global gradient."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        full_weight = torch.randn(8, 5)
+        full_grads = [torch.randn(8, 5) for _ in range(4)]
+        rows = slice(rank * 4, rank * 4 + 4)
+        shard = torch.nn.Parameter(full_weight[rows].clone())
+        optimizer = torch.optim.SGD([shard], lr=0.3, momentum=0.5)
+        meter = StepMeter(optimizer, flush_every=3, process_group=True).attach()
+        for g in full_grads:
+            shard.grad = g[rows].clone()
+            optimizer.step()
+        results[rank] = meter.finish().displacement.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_norms_are_all_reduced_before_the_square_root():
+    world = 2
+    results = mp.Manager().dict()
+    mp.spawn(_sharded_worker, args=(world, _free_port(), results), nprocs=world, join=True)
+    # Independent: the same momentum SGD on the unsharded matrix.
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8, 5).double())
+    grads = [torch.randn(8, 5).double() for _ in range(4)]
+    optimizer = torch.optim.SGD([weight], lr=0.3, momentum=0.5)
+    expected = []
+    for g in grads:
+        before = weight.detach().clone()
+        weight.grad = g
+        optimizer.step()
+        expected.append(float((weight.detach() - before).norm()))
+    for rank in range(world):
+        np.testing.assert_allclose(results[rank], expected, rtol=1e-5)
