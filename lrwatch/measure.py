@@ -15,10 +15,11 @@ Per measured step it records, into a device ring buffer:
 - ``lr`` of every param group (the lr the update used);
 - ``loss``: whatever the adapter assigns with `assign_loss` (NaN when never assigned).
 
-The ring is copied to pinned host memory with a non-blocking copy when it is full, and that copy is
-read one ring later, by when it has long completed: nothing in the step path waits for the device.
-`drain` hands over the chunks whose copy has completed; `finish` collects everything (it does
-synchronise, and is meant for the end of training).
+The ring is copied to pinned host memory with a non-blocking copy when it is full (at the next
+measured step's pre-hook, so an assigned loss is included). `drain` hands over the chunks whose copy
+has completed, checked with ``Event.query()``, so it never waits; a copy not yet read when the ring
+fills again is waited for then (it was issued a whole ring earlier, so it has long finished).
+`finish` collects everything (it does synchronise, and is meant for the end of training).
 
 Memory: one snapshot of the trainable parameters (float32 for low-precision parameters, so that the
 difference is exact), plus ``flush_every × (3 + n_groups)`` floats on the device.
@@ -247,8 +248,10 @@ class StepMeter:
         )
 
     def drain(self) -> StepRecords:
-        """The steps whose host copy has completed, handed over once each (never waits on a
-        running computation: a ring's copy is read only after the next ring has filled)."""
+        """The steps whose host copy has completed, handed over once each. Never waits: a copy
+        still in flight (``Event.query()`` is False) is left for a later call."""
+        if self._pending is not None and (self._copy_done is None or self._copy_done.query()):
+            self._collect_pending()
         chunks, self._completed = self._completed, []
         return StepRecords.concatenate(chunks, self.n_groups)
 

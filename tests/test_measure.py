@@ -246,3 +246,38 @@ def test_sharded_norms_are_all_reduced_before_the_square_root():
         expected.append(float((weight.detach() - before).norm()))
     for rank in range(world):
         np.testing.assert_allclose(results[rank], expected, rtol=1e-5)
+
+
+def _fully_shard_worker(rank: int, world: int, port: int, sharded: bool, results) -> None:
+    """FSDP2 (`fully_shard`) on CPU/gloo: parameters are DTensors, each rank holds half of each."""
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = _model()
+        fully_shard(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        meter = StepMeter(optimizer, process_group=sharded or None).attach()
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(4):  # _train's batches, the same on both ranks: the update equals the unsharded one
+            loss = model(torch.randn(32, 6, generator=generator)).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        results[rank] = meter.finish().displacement.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sharded", [True, False])
+def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(sharded):
+    results = mp.Manager().dict()
+    mp.spawn(_fully_shard_worker, args=(2, _free_port(), sharded, results), nprocs=2, join=True)
+    model = _model()
+    expected = _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4)[:, 0]
+    for rank in range(2):
+        if sharded:
+            np.testing.assert_allclose(results[rank], expected, rtol=1e-5)
+        else:  # each rank alone sees only its shard's part of the displacement
+            assert np.all(np.asarray(results[rank]) < expected * (1 - 1e-3))
