@@ -1,0 +1,1 @@
+"""Thin Lightning adapters over the measurement engine and the pure analysis layers."""

@@ -1,0 +1,291 @@
+"""`LRWatch`: measure every optimizer step, log it, and diagnose the schedule online. Changes nothing.
+
+Thin glue between Lightning and the engine: `StepMeter` measures (torch, on the device),
+`Analyzer` diagnoses (numpy, incrementally at each flush), the trainer's loggers write.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lrwatch import tags
+from lrwatch._lightning import Callback, rank_zero_warn
+from lrwatch.diagnosis import Analyzer, Report
+from lrwatch.measure import StepMeter, StepRecords
+from lrwatch.tensorboard import custom_scalars_layout, diagnoses_markdown, write_layout
+
+
+@dataclass
+class _Watched:
+    """One hooked optimizer: its meter, tags, analyzer and everything it has logged."""
+
+    name: str
+    meter: StepMeter
+    lr_tags: list[str]
+    series_suffix: str | None
+    analyzer: Analyzer
+    records: list[StepRecords]
+    steps_at_last_batch_end: int = 0
+    summarized: tuple = ()  # the diagnoses as last written to the text summary
+
+
+def optimizer_names(optimizers: list[torch.optim.Optimizer]) -> list[str]:
+    """Class names, with ``-1``, ``-2`` … on repeats (Lightning's LearningRateMonitor convention)."""
+    names, counts = [], {}
+    for opt in optimizers:
+        base = type(opt).__name__
+        names.append(base if base not in counts else f"{base}-{counts[base]}")
+        counts[base] = counts.get(base, 0) + 1
+    return names
+
+
+def _lr_tags(name: str, optimizer: torch.optim.Optimizer) -> list[str]:
+    groups = optimizer.param_groups
+    if len(groups) == 1:
+        return [tags.lr_tag(name)]
+    return [tags.lr_tag(name, i, g.get("name")) for i, g in enumerate(groups)]
+
+
+def _is_sharded(trainer) -> bool:
+    """FSDP (``FSDPStrategy``) and FSDP2 (``ModelParallelStrategy``) shard parameters across ranks:
+    norms must then be all-reduced over all ranks before the square root. Hybrid sharding, which
+    also replicates across nodes, is not supported (replicas would be counted more than once)."""
+    strategy = type(trainer.strategy).__name__
+    return ("FSDP" in strategy or "ModelParallel" in strategy) and trainer.world_size > 1
+
+
+def _batch_loss(outputs) -> torch.Tensor | None:
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    return loss.detach() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+class LRWatch(Callback):
+    """Measure lr, displacement and gradient norm at every optimizer step; log and diagnose online.
+
+    Logged tags (optimizer steps on the x-axis, ``trainer.global_step`` after the step):
+    ``lrwatch/displacement``, ``lrwatch/grad_norm``, ``lrwatch/loss``, ``lrwatch/lr/<optimizer>[/<group>]``,
+    ``lrwatch/diagnosis/<kind>`` and the text ``lrwatch/diagnoses``. With several optimizers the
+    series tags carry a ``/<optimizer>`` suffix.
+
+    Args:
+        flush_every: measured steps kept on the device between host copies. Data reach the loggers
+            and the diagnosis one to two flushes after the step (the price of never syncing).
+        every_n_steps: measure every k-th optimizer step only (the snapshot is skipped for the rest).
+        diagnose: run the incremental `Analyzer` and log diagnoses.
+        warn: warn once on rank zero for each new diagnosis.
+        log: write to the trainer's loggers (``False``: measure and diagnose only, as `EarlyStepDrop`
+            does when it has no LRWatch to share).
+        thresholds: keyword thresholds passed to `lrwatch.diagnosis.Analyzer`.
+
+    After (or during) fit, ``reports`` maps optimizer name to its `Report` and ``report`` is the
+    first optimizer's; ``records(name)`` gives every measured step as host arrays.
+    """
+
+    def __init__(
+        self,
+        flush_every: int = 50,
+        every_n_steps: int = 1,
+        diagnose: bool = True,
+        warn: bool = True,
+        log: bool = True,
+        thresholds: dict | None = None,
+    ) -> None:
+        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if thresholds is not None and not isinstance(thresholds, dict):
+            raise ValueError(f"thresholds must be a dict of Analyzer keyword arguments, got {thresholds!r}")
+        self.flush_every = flush_every
+        self.every_n_steps = every_n_steps
+        self.diagnose = bool(diagnose)
+        self.warn = bool(warn)
+        self.log = bool(log)
+        self.thresholds = dict(thresholds or {})
+        Analyzer(**self.thresholds)  # unknown or invalid thresholds fail here, not mid-training
+        self._watched: list[_Watched] = []
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_batches = 0
+        self._announced: set[tuple[str, str, int]] = set()  # (optimizer, kind, start) already warned about
+        self._trainer = None
+        self._restored: dict | None = None  # analyzer states from a checkpoint, applied at fit start
+
+    # -- results ---------------------------------------------------------------------------------
+    @property
+    def reports(self) -> dict[str, Report]:
+        return {w.name: w.analyzer.report() for w in self._watched}
+
+    @property
+    def report(self) -> Report | None:
+        """The first optimizer's report (None before fit has started)."""
+        return self._watched[0].analyzer.report() if self._watched else None
+
+    def names(self) -> list[str]:
+        """Names of the watched optimizers, in ``trainer.optimizers`` order."""
+        return [w.name for w in self._watched]
+
+    def last_step(self) -> int | None:
+        """The last step that has reached the analysis (data arrive one to two flushes late)."""
+        steps = [int(w.records[-1].steps[-1]) for w in self._watched if w.records]
+        return min(steps) if steps else None
+
+    def records(self, name: str | None = None) -> StepRecords:
+        """Every measured step logged so far for optimizer ``name`` (default: the first)."""
+        watched = self._find(name)
+        return StepRecords.concatenate(watched.records, watched.meter.n_groups)
+
+    def _find(self, name: str | None) -> _Watched:
+        for w in self._watched:
+            if name is None or w.name == name:
+                return w
+        raise ValueError(f"name must be one of {[w.name for w in self._watched]}, got {name!r}")
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._detach()
+        self._watched = []
+        self._trainer = trainer
+        optimizers = list(trainer.optimizers)
+        if not optimizers:
+            rank_zero_warn("LRWatch: the trainer has no optimizer; nothing will be measured.")
+            return
+        several = len(optimizers) > 1
+        for name, opt in zip(optimizer_names(optimizers), optimizers):
+            meter = StepMeter(
+                opt,
+                flush_every=self.flush_every,
+                every_n_steps=self.every_n_steps,
+                clock=lambda: trainer.global_step + 1,  # read in the post-step hook, before Lightning counts it
+                process_group=True if _is_sharded(trainer) else None,
+            )
+            if not meter.params:
+                rank_zero_warn(f"LRWatch: optimizer {name} has no trainable parameters; nothing will be measured.")
+            self._watched.append(
+                _Watched(name, meter.attach(), _lr_tags(name, opt), name if several else None,
+                         Analyzer(**self.thresholds), [])
+            )
+        if self._restored is not None:
+            for w in self._watched:
+                if w.name in self._restored:
+                    w.analyzer = pickle.loads(self._restored[w.name])
+            self._restored = None
+        if self.log:
+            self._write_layout(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = _batch_loss(outputs)
+        if loss is not None:
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_batches += 1
+        stepped = False
+        for w in self._watched:
+            if w.meter.steps_taken != w.steps_at_last_batch_end:
+                stepped = True
+                w.steps_at_last_batch_end = w.meter.steps_taken
+                if self._loss_sum is not None:
+                    # Lightning already divides by accumulate_grad_batches under automatic optimization,
+                    # so the sum over the micro-batches of a step is their mean loss.
+                    scale = 1.0 if pl_module.automatic_optimization else 1.0 / self._loss_batches
+                    w.meter.assign_loss(self._loss_sum * scale)
+        if stepped:
+            self._loss_sum, self._loss_batches = None, 0
+        self._publish(trainer, final=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._publish(trainer, final=True)
+        self._detach()
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        for w in self._watched:
+            w.meter.detach()
+
+    # -- logging ---------------------------------------------------------------------------------
+    def _publish(self, trainer, final: bool) -> None:
+        for w in self._watched:
+            chunk = w.meter.finish() if final else w.meter.drain()
+            if not len(chunk):
+                continue
+            w.records.append(chunk)
+            loss = chunk.loss if not np.isnan(chunk.loss).all() else None
+            if self.diagnose:
+                w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
+                                  grad_norm=chunk.grad_norm)
+            if trainer.is_global_zero and self.log:
+                self._log_chunk(trainer, w, chunk, loss is not None)
+                if self.diagnose:
+                    self._log_diagnoses(trainer, w, int(chunk.steps[-1]))
+
+    @staticmethod
+    def _log(trainer, metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def _log_chunk(self, trainer, w: _Watched, chunk: StepRecords, has_loss: bool) -> None:
+        displacement = tags.series_tag(tags.DISPLACEMENT, w.series_suffix)
+        grad_norm = tags.series_tag(tags.GRAD_NORM, w.series_suffix)
+        loss = tags.series_tag(tags.LOSS, w.series_suffix)
+        for i, step in enumerate(chunk.steps.tolist()):
+            metrics = {displacement: float(chunk.displacement[i]), grad_norm: float(chunk.grad_norm[i])}
+            if has_loss:
+                metrics[loss] = float(chunk.loss[i])
+            metrics.update(zip(w.lr_tags, map(float, chunk.lr[i])))
+            self._log(trainer, metrics, step)
+
+    def _log_diagnoses(self, trainer, w: _Watched, last_step: int) -> None:
+        report = w.analyzer.report()
+        new = [d for d in report.diagnoses if (w.name, d.kind, d.start) not in self._announced]
+        for d in new:
+            self._announced.add((w.name, d.kind, d.start))
+            self._log(trainer, {tags.series_tag(tags.diagnosis_tag(d.kind), w.series_suffix): 1.0}, d.start)
+            if self.warn:
+                rank_zero_warn(f"LRWatch[{w.name}] {d.kind} from step {d.start}: {d.message}")
+        active = set(report.active(last_step))
+        kinds = {d.kind for d in report.diagnoses}
+        if kinds:
+            self._log(trainer, {tags.series_tag(tags.diagnosis_tag(k), w.series_suffix): float(k in active)
+                                for k in sorted(kinds)}, last_step)
+        summary = tuple((d.kind, d.start, d.end) for d in report.diagnoses)
+        if summary != w.summarized:
+            w.summarized = summary
+            self._write_text(trainer, w, report, last_step)
+
+    def _experiments(self, trainer):
+        """SummaryWriters of the TensorBoard loggers (text and layouts are TensorBoard-only)."""
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                yield experiment
+
+    def _write_text(self, trainer, w: _Watched, report: Report, step: int) -> None:
+        for experiment in self._experiments(trainer):
+            experiment.add_text(tags.series_tag(tags.DIAGNOSES_TEXT, w.series_suffix), diagnoses_markdown(report), step)
+
+    def _write_layout(self, trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        lr_tags = [t for w in self._watched for t in w.lr_tags]
+        suffixes = [w.series_suffix for w in self._watched if w.series_suffix]
+        for experiment in self._experiments(trainer):
+            write_layout(experiment, custom_scalars_layout(lr_tags, suffixes or None))
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The analyzers' state, after flushing the meters (a device sync, at checkpoint time only), so
+        that a resumed run diagnoses exactly as an uninterrupted one. The logged series themselves
+        are in the logger, not in the checkpoint."""
+        if self._trainer is not None:
+            self._publish(self._trainer, final=True)
+        return {
+            "analyzers": {w.name: pickle.dumps(w.analyzer) for w in self._watched},
+            "announced": sorted(self._announced),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = dict(state_dict.get("analyzers", {}))
+        self._announced = {tuple(a) for a in state_dict.get("announced", [])}

@@ -1,0 +1,59 @@
+"""Real two-process DDP runs on CPU (gloo, ddp_spawn): every rank measures the same exact update, rank
+zero alone logs, and EarlyStepDrop's decisions leave every rank with the same lr at every step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lrwatch
+from lrwatch._lightning import Callback, pl
+from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, digits_loader
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
+
+
+class DumpPerRank(Callback):
+    """Saves, per rank: LRWatch's records, the reference displacements, the lr before each step and
+    what the rank's logger received."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_end(self, trainer, pl_module):
+        watch = next(cb for cb in trainer.callbacks if isinstance(cb, lrwatch.LRWatch))
+        watch.on_train_end(trainer, pl_module)  # flush now: this callback may run first
+        reference = next(cb for cb in trainer.callbacks if isinstance(cb, ReferenceRecorder))
+        reference.on_train_end(trainer, pl_module)
+        records = watch.records()
+        logged = trainer.logger.metrics.get("lrwatch/displacement", [])
+        np.savez(
+            f"{self.folder}/rank{trainer.global_rank}.npz",
+            steps=records.steps, displacement=records.displacement, reference=reference.displacements(),
+            lrs=np.array(self.lrs), logged=np.array(logged, dtype=float).reshape(-1, 2),
+        )
+
+
+def _ddp_fit(tmp_path, model, callbacks, max_steps):
+    trainer = pl.Trainer(
+        strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=max_steps, logger=RecordingLogger(),
+        callbacks=[DumpPerRank(str(tmp_path)), ReferenceRecorder(), *callbacks], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, digits_loader(batch_size=32))
+    return [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+
+
+def test_ddp_every_rank_measures_the_exact_update_and_rank_zero_logs(tmp_path):
+    ranks = _ddp_fit(tmp_path, DigitsMLP("sgd_momentum_groups"), [lrwatch.LRWatch(flush_every=4)], max_steps=12)
+    for rank in ranks:
+        np.testing.assert_array_equal(rank["steps"], np.arange(1, 13))
+        np.testing.assert_allclose(rank["displacement"], rank["reference"], rtol=1e-5)
+    np.testing.assert_allclose(ranks[0]["displacement"], ranks[1]["displacement"], rtol=1e-6)
+    np.testing.assert_allclose(ranks[0]["logged"][:, 1], ranks[0]["displacement"], rtol=1e-12)
+    assert len(ranks[1]["logged"]) == 0  # Lightning's loggers write on rank zero only

@@ -1,0 +1,151 @@
+"""LRWatch on real Lightning runs: every logged displacement, grad norm and lr equals an independent
+computation (relative error <= 1e-5) and the step axis is the optimizer step count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lrwatch
+from lrwatch.callbacks.watch import optimizer_names
+from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, TwoOptimizerGAN, digits_loader, make_trainer
+
+RTOL = 1e-5
+
+
+def _fit(model, max_steps=20, watch_kwargs=None, **trainer_kwargs):
+    logger, reference = RecordingLogger(), ReferenceRecorder()
+    watch = lrwatch.LRWatch(flush_every=7, **(watch_kwargs or {}))  # 7: chunks never align with epochs
+    trainer = make_trainer([reference, watch], logger, max_steps=max_steps, **trainer_kwargs)
+    trainer.fit(model, digits_loader())
+    return trainer, logger, reference, watch
+
+
+def _assert_close(actual, expected, what):
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    assert actual.shape == expected.shape, f"{what}: {actual.shape} vs {expected.shape}"
+    err = np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-30))
+    assert err <= RTOL, f"{what}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    "optimizer, lr_tags",
+    [
+        ("sgd", ["lrwatch/lr/SGD"]),
+        ("sgd_momentum_groups", ["lrwatch/lr/SGD/body", "lrwatch/lr/SGD/pg1"]),
+        ("adam", ["lrwatch/lr/Adam"]),
+    ],
+)
+def test_logged_series_match_independent_computation(optimizer, lr_tags):
+    trainer, logger, reference, _ = _fit(DigitsMLP(optimizer, lr=0.01 if optimizer == "adam" else 0.1))
+    steps, displacement = logger.series("lrwatch/displacement")
+    np.testing.assert_array_equal(steps, np.arange(1, trainer.global_step + 1))
+    _assert_close(displacement, reference.displacements(), "displacement")
+    _assert_close(logger.series("lrwatch/grad_norm")[1], reference.grad_norms[0], "grad_norm")
+    for i, tag in enumerate(lr_tags):
+        _assert_close(logger.series(tag)[1], [lrs[i] for lrs in reference.lrs[0]], tag)
+
+
+def test_step_lr_scheduler_lr_is_the_lr_each_update_used():
+    trainer, logger, reference, _ = _fit(DigitsMLP("sgd", lr=0.2, scheduler="step"), max_steps=18)
+    steps, lr = logger.series("lrwatch/lr/SGD")
+    expected = 0.2 * 0.5 ** (np.arange(18) // 5)  # StepLR(step_size=5, gamma=0.5), stepped every step
+    _assert_close(lr, expected, "lr")
+    _assert_close(logger.series("lrwatch/displacement")[1], reference.displacements(), "displacement")
+
+
+def test_gradient_accumulation_measures_each_real_update_once():
+    trainer, logger, reference, _ = _fit(DigitsMLP("sgd"), max_steps=10, accumulate_grad_batches=2)
+    steps, displacement = logger.series("lrwatch/displacement")
+    assert trainer.global_step == 10 and len(reference.before[0]) == 10
+    np.testing.assert_array_equal(steps, np.arange(1, 11))
+    _assert_close(displacement, reference.displacements(), "displacement")
+    # Lightning divides each micro-batch loss by 2; the logged loss is the mean over the two micro-batches.
+    model = DigitsMLP("sgd")
+    loader = iter(digits_loader())
+    x1, y1 = next(loader)
+    x2, y2 = next(loader)
+    with torch.no_grad():
+        first = (torch.nn.functional.cross_entropy(model.net(x1), y1) + torch.nn.functional.cross_entropy(model.net(x2), y2)) / 2
+    _assert_close(logger.series("lrwatch/loss")[1][0], float(first), "loss of the first step")
+
+
+def test_two_optimizers_under_manual_optimization():
+    trainer, logger, reference, watch = _fit(TwoOptimizerGAN(), max_steps=16)
+    assert optimizer_names(trainer.optimizers) == ["Adam", "SGD"]
+    gen_steps, gen = logger.series("lrwatch/displacement/Adam")
+    disc_steps, disc = logger.series("lrwatch/displacement/SGD")
+    # global_step counts both optimizers: the discriminator steps first (odd), the generator second (even).
+    np.testing.assert_array_equal(disc_steps, np.arange(1, 17, 2))
+    np.testing.assert_array_equal(gen_steps, np.arange(2, 17, 2))
+    _assert_close(gen, reference.displacements(0), "generator displacement")
+    _assert_close(disc, reference.displacements(1), "discriminator displacement")
+    _assert_close(logger.series("lrwatch/lr/SGD")[1], [0.05] * 8, "discriminator lr")
+    assert set(watch.reports) == {"Adam", "SGD"}
+
+
+def test_bf16_mixed_autocast_on_cpu():
+    trainer, logger, reference, _ = _fit(DigitsMLP("sgd"), max_steps=12, precision="bf16-mixed")
+    _assert_close(logger.series("lrwatch/displacement")[1], reference.displacements(), "displacement")
+
+
+def test_every_n_steps_measures_only_those_steps():
+    trainer, logger, reference, _ = _fit(DigitsMLP("sgd"), max_steps=20, watch_kwargs={"every_n_steps": 3})
+    steps, displacement = logger.series("lrwatch/displacement")
+    np.testing.assert_array_equal(steps, np.arange(1, 21, 3))
+    _assert_close(displacement, reference.displacements()[::3], "displacement")
+
+
+def test_report_equals_offline_analyze_of_the_logged_arrays():
+    trainer, logger, _, watch = _fit(DigitsMLP("sgd", lr=0.5, scheduler="step"), max_steps=40)
+    records = watch.records()
+    offline = lrwatch.analyze(records.displacement, loss=records.loss, lr=records.lr[:, 0], steps=records.steps,
+                              grad_norm=records.grad_norm)
+    assert watch.report == offline
+    np.testing.assert_array_equal(records.steps, logger.series("lrwatch/displacement")[0])
+
+
+def test_nan_parameters_are_logged_not_raised():
+    class Exploding(DigitsMLP):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("inf") if batch_idx >= 3 else loss
+
+    trainer, logger, _, _ = _fit(Exploding("sgd"), max_steps=8)
+    displacement = logger.series("lrwatch/displacement")[1]
+    assert np.isfinite(displacement[:3]).all() and not np.isfinite(displacement[4:]).any()
+
+
+def test_no_trainable_parameters_warns_and_does_not_crash():
+    class Frozen(DigitsMLP):
+        def configure_optimizers(self):  # the model trains nothing: its optimizer holds a frozen tensor
+            return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1), requires_grad=False)], lr=0.1)
+
+    with pytest.warns(UserWarning, match="no trainable parameters"):
+        trainer, logger, _, _ = _fit(Frozen("sgd"), max_steps=3)
+    assert "lrwatch/displacement" not in logger.metrics
+
+
+def test_no_optimizer_warns_and_does_not_crash():
+    class NoOptimizer(DigitsMLP):
+        def configure_optimizers(self):
+            return None
+
+    with pytest.warns(UserWarning, match="no optimizer"):
+        _fit(NoOptimizer("sgd"), max_steps=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),
+     ({"thresholds": "high"}, "thresholds")],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        lrwatch.LRWatch(**kwargs)
+
+
+def test_unknown_option_raises():
+    with pytest.raises(TypeError):
+        lrwatch.LRWatch(flush_evry=5)
