@@ -57,3 +57,25 @@ def test_ddp_every_rank_measures_the_exact_update_and_rank_zero_logs(tmp_path):
     np.testing.assert_allclose(ranks[0]["displacement"], ranks[1]["displacement"], rtol=1e-6)
     np.testing.assert_allclose(ranks[0]["logged"][:, 1], ranks[0]["displacement"], rtol=1e-12)
     assert len(ranks[1]["logged"]) == 0  # Lightning's loggers write on rank zero only
+
+
+class RankDependentDrop(lrwatch.EarlyStepDrop):
+    """Would drop at a different step on each rank if ranks decided alone: rank r wants step 6 + 3r."""
+
+    def decide(self, report, step, last_analyzed):
+        return "drop" if step == 6 + 3 * torch.distributed.get_rank() else None
+
+
+class StepScheduled(DigitsMLP):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.5, momentum=0.9)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=8, gamma=0.5), "interval": "step"}}
+
+
+def test_ddp_ranks_take_rank_zeros_decision_at_the_same_step(tmp_path):
+    callbacks = [lrwatch.LRWatch(flush_every=4), RankDependentDrop(decide_every=1, cooldown=0)]
+    ranks = _ddp_fit(tmp_path, StepScheduled(), callbacks, max_steps=14)
+    np.testing.assert_array_equal(ranks[0]["lrs"], ranks[1]["lrs"])
+    # Rank zero's drop after step 6 brings the step-8 drop forward; the next comes 8 later.
+    np.testing.assert_allclose(ranks[0]["lrs"], [0.5] * 6 + [0.25] * 8)

@@ -1,0 +1,318 @@
+"""`EarlyStepDrop`: act on the diagnoses during training.
+
+- ``lr_too_high`` → take the next scheduled drop now (StepLR/MultiStepLR: their own γ, the scheduler's
+  clock moved to that boundary so later drops keep their spacing; ExponentialLR or no scheduler: a
+  one-time drop by ``factor``).
+- ``decay_too_aggressive`` → hold scheduled decreases back, for at most ``max_hold`` steps in all,
+  until the diagnosis ends.
+- At every drop (its own or the schedule's): the momentum buffer per ``momentum``, and with
+  ``couple_weight_decay`` the decoupled weight decay follows λ₀·η₀/η so that η·λ stays constant.
+
+Decisions are taken every ``decide_every`` optimizer steps from rank zero's report and broadcast, so
+every rank applies the same action at the same step. The decision logic is `decide`, a plain method;
+the Lightning hooks around it only gather inputs and apply the result.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lrwatch import schedule_control as control
+from lrwatch import tags
+from lrwatch._lightning import Callback, rank_zero_warn
+from lrwatch.callbacks.watch import LRWatch
+from lrwatch.diagnosis import Report
+
+MOMENTUM_MODES = ("keep", "reset", "damp")
+DROP_RATIO = 0.9
+"""An lr that falls below this fraction of its previous value in one step counts as a drop."""
+TRANSIENT_BASELINE_STEPS = 5
+"""Measured steps before a drop whose median displacement is the transient's baseline."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing EarlyStepDrop did, at the step from which it affects training."""
+
+    step: int
+    kind: str  # "drop" | "hold" | "release"
+    reason: str
+    lr: float  # lr of group 0 after the action
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EarlyStepDrop(Callback):
+    """Bring lr drops forward when the lr is too high; hold them back when decay is too aggressive.
+
+    Args:
+        factor: drop factor with ExponentialLR or no scheduler (StepLR/MultiStepLR always use their own
+            γ). Default: the scheduler's γ where it has one, else 0.1.
+        cooldown: optimizer steps after an early drop before another may be taken (the diagnosis windows
+            still hold pre-drop data for a while).
+        patience: steps the diagnosis must have been active before acting.
+        min_lr: never drop any group below this lr.
+        max_drops: at most this many early drops in a run.
+        max_hold: at most this many steps, in all, with scheduled decreases held back.
+        momentum: at each drop, ``"keep"`` the momentum buffers, ``"reset"`` them to zero, or ``"damp"``:
+            use β = ``damp_beta`` for ``damp_steps`` steps.
+        couple_weight_decay: keep η·λ_w constant for optimizers with decoupled weight decay (AdamW).
+        optimizer_index: which of ``trainer.optimizers`` to act on.
+        decide_every: optimizer steps between decisions (one rank-zero broadcast each under DDP).
+        watch: options for the `LRWatch` this callback creates when none is attached to the trainer.
+    """
+
+    def __init__(
+        self,
+        factor: float | None = None,
+        cooldown: int = 100,
+        patience: int = 0,
+        min_lr: float = 0.0,
+        max_drops: int = 3,
+        max_hold: int = 1000,
+        momentum: str = "keep",
+        damp_beta: float = 0.5,
+        damp_steps: int = 20,
+        couple_weight_decay: bool = False,
+        optimizer_index: int = 0,
+        decide_every: int = 50,
+        watch: dict | None = None,
+    ) -> None:
+        if factor is not None and not (isinstance(factor, (int, float)) and 0 < factor < 1):
+            raise ValueError(f"factor must be in (0, 1) or None, got {factor!r}")
+        for name, value, low in (("cooldown", cooldown, 0), ("patience", patience, 0), ("max_drops", max_drops, 0),
+                                 ("max_hold", max_hold, 0), ("damp_steps", damp_steps, 1),
+                                 ("optimizer_index", optimizer_index, 0), ("decide_every", decide_every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not (isinstance(min_lr, (int, float)) and min_lr >= 0):
+            raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}")
+        if momentum not in MOMENTUM_MODES:
+            raise ValueError(f"momentum must be one of {MOMENTUM_MODES}, got {momentum!r}")
+        if not (isinstance(damp_beta, (int, float)) and 0 <= damp_beta < 1):
+            raise ValueError(f"damp_beta must be in [0, 1), got {damp_beta!r}")
+        if watch is not None and not isinstance(watch, dict):
+            raise ValueError(f"watch must be a dict of LRWatch options, got {watch!r}")
+        self.factor, self.cooldown, self.patience, self.min_lr = factor, cooldown, patience, float(min_lr)
+        self.max_drops, self.max_hold, self.momentum = max_drops, max_hold, momentum
+        self.damp_beta, self.damp_steps = float(damp_beta), damp_steps
+        self.couple_weight_decay, self.optimizer_index, self.decide_every = couple_weight_decay, optimizer_index, decide_every
+        self._own_watch = LRWatch(**{"warn": False, "log": False, **(watch or {})})  # validates `watch` now
+
+        self.actions: list[Action] = []
+        self.transients: list[tuple[int, float]] = []  # (step, m after the drop / (γ · m before))
+        self._drops_taken = 0
+        self._held_steps = 0
+        self._holding = False
+        self._last_drop_step: int | None = None
+        self._wd_base: list[tuple[float, float]] | None = None
+        self._pending_transients: list[tuple[int, float]] = []
+        self._damping: control.MomentumDamping | None = None
+        self._lrs_before: list[float] = []
+        self._watch: LRWatch | None = None
+        self._optimizer = self._scheduler = None
+        self._acts = False
+        self._last_decision_step: int | None = None
+
+    # -- decision (plain logic, no Lightning) ----------------------------------------------------
+    def decide(self, report: Report | None, step: int, last_analyzed: int | None) -> str | None:
+        """The action to take at ``step`` given the report up to ``last_analyzed``: "drop", "hold",
+        "release" or None."""
+        if report is None or last_analyzed is None:
+            return None
+        active = set(report.active(last_analyzed))
+        if "diverging" in active:
+            return "release" if self._holding else None
+        if self._holding:
+            if "decay_too_aggressive" not in active or self._held_steps >= self.max_hold:
+                return "release"
+            return None
+        if "lr_too_high" in active and self._may_drop(report, step):
+            return "drop"
+        if "decay_too_aggressive" in active and self._held_steps < self.max_hold and self._patient(report, "decay_too_aggressive", step):
+            return "hold"
+        return None
+
+    def _may_drop(self, report: Report, step: int) -> bool:
+        if self._drops_taken >= self.max_drops or not control.can_drop(self._scheduler):
+            return False
+        if self._last_drop_step is not None and step - self._last_drop_step < self.cooldown:
+            return False
+        if min(g["lr"] for g in self._optimizer.param_groups) <= self.min_lr:
+            return False
+        return self._patient(report, "lr_too_high", step)
+
+    def _patient(self, report: Report, kind: str, step: int) -> bool:
+        starts = [d.start for d in report.diagnoses if d.kind == kind and d.end is None]
+        return bool(starts) and step - max(starts) >= self.patience
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        attached = [cb for cb in trainer.callbacks if isinstance(cb, LRWatch)]
+        self._watch = attached[0] if attached else self._own_watch
+        if not attached:
+            self._own_watch.on_fit_start(trainer, pl_module)
+        optimizers = list(trainer.optimizers)
+        if self.optimizer_index >= len(optimizers):
+            rank_zero_warn(f"EarlyStepDrop: optimizer_index={self.optimizer_index} but the trainer has "
+                           f"{len(optimizers)} optimizer(s); it will not act.")
+            self._acts = False
+            return
+        self._optimizer = optimizers[self.optimizer_index]
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if getattr(c.scheduler, "optimizer", None) is self._optimizer]
+        self._scheduler = schedulers[0] if schedulers else None
+        kind = control.scheduler_kind(self._scheduler)
+        self._acts = kind != control.UNSUPPORTED and len(schedulers) <= 1
+        if not self._acts:
+            rank_zero_warn(
+                f"EarlyStepDrop: {type(self._scheduler).__name__ if len(schedulers) == 1 else f'{len(schedulers)} schedulers'} "
+                "cannot be acted on exactly (supported: StepLR, MultiStepLR, ExponentialLR, or none); it will only "
+                "watch, not change the lr."
+            )
+        if self.factor is None:
+            self.factor = control.scheduled_gamma(self._scheduler)
+        if self.couple_weight_decay and self._wd_base is None:
+            if control.decoupled_weight_decay(self._optimizer):
+                self._wd_base = [(g["lr"], g["weight_decay"]) for g in self._optimizer.param_groups]
+            else:
+                rank_zero_warn(f"EarlyStepDrop: couple_weight_decay needs decoupled weight decay (AdamW); "
+                               f"{type(self._optimizer).__name__} has none, so it is ignored.")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._optimizer is not None:
+            self._lrs_before = [g["lr"] for g in self._optimizer.param_groups]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._watch is self._own_watch:
+            self._own_watch.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self._acts or self._optimizer is None:
+            return
+        step = trainer.global_step
+        if self._damping is not None and not self._damping.tick(self._optimizer):  # counts the update just done
+            self._damping = None
+        if self._holding:
+            if self._held_steps >= self.max_hold:
+                self._apply(trainer, "release", step)
+            elif control.undo_last_decay(self._optimizer, self._scheduler, self._lrs_before):
+                self._held_steps += 1
+        if self._lrs_before and step > 0:
+            self._on_lr_change(self._lrs_before, step)
+        if step % self.decide_every == 0 and step > 0 and step != self._last_decision_step:
+            self._last_decision_step = step
+            decision = self.decide(self._watch.report, step, self._last_analyzed()) if trainer.is_global_zero else None
+            decision = trainer.strategy.broadcast(decision, src=0)
+            if decision is not None:
+                self._apply(trainer, decision, step)
+        if self._wd_base is not None:
+            control.couple_weight_decay(self._optimizer, self._wd_base)
+        self._measure_transients(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._watch is self._own_watch:
+            self._own_watch.on_train_end(trainer, pl_module)
+        self._measure_transients(trainer)
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._own_watch.teardown(trainer, pl_module, stage)
+
+    # -- actions ---------------------------------------------------------------------------------
+    def _last_analyzed(self) -> int | None:
+        return self._watch.last_step() if self._watch is not None else None
+
+    def _apply(self, trainer, decision: str, step: int) -> None:
+        if decision == "drop":
+            if not control.can_drop(self._scheduler):  # e.g. a multistep schedule with no milestone left
+                return
+            before = [g["lr"] for g in self._optimizer.param_groups]
+            factor = control.drop_now(self._optimizer, self._scheduler, self.factor, self.min_lr)
+            self._drops_taken += 1
+            self._last_drop_step = step
+            self._on_lr_change(before, step)
+            reason = f"lr_too_high: next drop taken early (x{factor:.3g})"
+        elif decision == "hold":
+            self._holding = True
+            reason = "decay_too_aggressive: scheduled decreases held back"
+        else:
+            self._holding = False
+            reason = "hold released"
+        lr = self._optimizer.param_groups[0]["lr"]
+        action = Action(step + 1, decision, reason, lr)
+        self.actions.append(action)
+        if trainer.is_global_zero:
+            value = lr if decision == "drop" else float(decision == "hold")
+            self._log(trainer, {tags.action_tag(decision if decision == "drop" else "hold"): value}, action.step)
+            self._write_text(trainer, action.step)
+            rank_zero_warn(f"EarlyStepDrop at step {action.step}: {reason}; lr now {lr:.3g}.")
+
+    def _on_lr_change(self, before: list[float], step: int) -> None:
+        """Optimizer state at a drop of the lr (ours or the schedule's)."""
+        after = [g["lr"] for g in self._optimizer.param_groups]
+        if not before or not all(b > 0 and a < DROP_RATIO * b for a, b in zip(after, before)):
+            return
+        ratio = after[0] / before[0]
+        self._pending_transients.append((step, ratio))
+        if self.momentum == "reset":
+            control.reset_momentum(self._optimizer)
+        elif self.momentum == "damp":
+            self._damping = control.MomentumDamping(self.damp_beta, self.damp_steps)
+            self._damping.apply(self._optimizer)
+
+    def _measure_transients(self, trainer) -> None:
+        """m right after each drop against γ·m before it (1 = no overshoot), once the data are in."""
+        if not self._pending_transients or self._watch is None:
+            return
+        last = self._last_analyzed()
+        ready = [p for p in self._pending_transients if last is not None and last > p[0]]
+        if not ready:
+            return
+        records = self._watch.records(self._watch.names()[self.optimizer_index])
+        for drop_step, gamma in ready:
+            self._pending_transients.remove((drop_step, gamma))
+            before = records.displacement[(records.steps <= drop_step)][-TRANSIENT_BASELINE_STEPS:]
+            after = records.displacement[records.steps > drop_step][:1]
+            if len(before) and len(after) and np.median(before) > 0:
+                ratio = float(after[0] / (gamma * np.median(before)))
+                self.transients.append((drop_step + 1, ratio))
+                if trainer.is_global_zero:
+                    self._log(trainer, {tags.action_tag("momentum_transient"): ratio}, drop_step + 1)
+
+    @staticmethod
+    def _log(trainer, metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def _write_text(self, trainer, step: int) -> None:
+        lines = ["| step | action | lr after | reason |", "|---|---|---|---|"]
+        lines += [f"| {a.step} | {a.kind} | {a.lr:.3g} | {a.reason} |" for a in self.actions[-50:]]
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text(tags.action_tag("summary"), "\n".join(lines), step)
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "actions": [a.to_dict() for a in self.actions],
+            "drops_taken": self._drops_taken,
+            "held_steps": self._held_steps,
+            "holding": self._holding,
+            "last_drop_step": self._last_drop_step,
+            "wd_base": self._wd_base,
+            "factor": self.factor,
+            "own_watch": pickle.dumps(self._own_watch.state_dict()) if self._watch is self._own_watch else None,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.actions = [Action(**a) for a in state_dict["actions"]]
+        self._drops_taken = state_dict["drops_taken"]
+        self._held_steps = state_dict["held_steps"]
+        self._holding = state_dict["holding"]
+        self._last_drop_step = state_dict["last_drop_step"]
+        self._wd_base = state_dict["wd_base"]
+        self.factor = state_dict["factor"]
+        if state_dict.get("own_watch") is not None:
+            self._own_watch.load_state_dict(pickle.loads(state_dict["own_watch"]))

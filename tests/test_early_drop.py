@@ -1,0 +1,273 @@
+"""EarlyStepDrop on real Lightning runs. The decision logic (`decide`) is tested on hand-made reports;
+the actions are tested with decisions forced at known steps, so each scheduler case, momentum mode,
+weight-decay coupling, resume and refusal path is checked against an exact expected trajectory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lrwatch
+from lrwatch.diagnosis import Diagnosis, Report
+from lrwatch.signature import Signature
+from lrwatch._lightning import Callback, pl
+from tests.conftest import DigitsMLP, RecordingLogger, digits_loader, make_trainer
+
+
+class ForcedDrop(lrwatch.EarlyStepDrop):
+    """Takes the given decisions at the given steps instead of reading diagnoses."""
+
+    def __init__(self, plan: dict[int, str], **kwargs):
+        super().__init__(decide_every=1, **kwargs)
+        self.plan = plan
+
+    def decide(self, report, step, last_analyzed):
+        return self.plan.get(step)
+
+
+class LrTrace(Callback):
+    """lr of every group and the optimizer's hyper-parameters used by each step."""
+
+    def __init__(self):
+        self.lrs, self.groups = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        opt = trainer.optimizers[0]
+        self.lrs.append(opt.param_groups[0]["lr"])
+        self.groups.append({k: v for k, v in opt.param_groups[0].items() if k != "params"})
+
+
+class Scheduled(DigitsMLP):
+    def __init__(self, make_scheduler, optimizer=lambda ps: torch.optim.SGD(ps, lr=1.0, momentum=0.9)):
+        super().__init__()
+        self.make_scheduler, self.make_optimizer = make_scheduler, optimizer
+
+    def configure_optimizers(self):
+        opt = self.make_optimizer(self.parameters())
+        if self.make_scheduler is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.make_scheduler(opt), "interval": "step"}}
+
+
+def _fit(model, callback, max_steps, logger=None, **kwargs):
+    trace = LrTrace()
+    trainer = make_trainer([trace, callback], logger if logger is not None else RecordingLogger(), max_steps=max_steps, **kwargs)
+    trainer.fit(model, digits_loader(batch_size=16))
+    return trainer, np.array(trace.lrs), trace
+
+
+# -- decide(): the plain decision logic ---------------------------------------------------------
+def _report(*diagnoses):
+    return Report(Signature("step", [], [], None, [], "lr"), list(diagnoses), 500)
+
+
+def _ready(callback, lr=1.0, scheduler=None):
+    callback._optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    callback._scheduler = scheduler
+    return callback
+
+
+def test_decide_drops_on_lr_too_high_with_cooldown_and_max_drops():
+    too_high = Diagnosis("lr_too_high", 100, None, "m", {})
+    cb = _ready(lrwatch.EarlyStepDrop(cooldown=50, max_drops=1))
+    assert cb.decide(_report(too_high), 200, 190) == "drop"
+    assert cb.decide(_report(Diagnosis("lr_too_high", 100, 150, "m", {})), 200, 190) is None  # ended
+    cb._drops_taken, cb._last_drop_step = 1, 150
+    assert cb.decide(_report(too_high), 300, 290) is None  # max_drops reached
+    cb = _ready(lrwatch.EarlyStepDrop(cooldown=50, max_drops=3))
+    cb._drops_taken, cb._last_drop_step = 1, 180
+    assert cb.decide(_report(too_high), 200, 190) is None  # cooling down
+    assert cb.decide(_report(too_high), 230, 220) == "drop"
+
+
+def test_decide_respects_patience_min_lr_and_divergence():
+    too_high = Diagnosis("lr_too_high", 150, None, "m", {})
+    assert _ready(lrwatch.EarlyStepDrop(patience=100)).decide(_report(too_high), 200, 190) is None
+    assert _ready(lrwatch.EarlyStepDrop(patience=50)).decide(_report(too_high), 200, 190) == "drop"
+    assert _ready(lrwatch.EarlyStepDrop(min_lr=0.5), lr=0.5).decide(_report(too_high), 200, 190) is None
+    diverging = Diagnosis("diverging", 180, None, "m", {})
+    assert _ready(lrwatch.EarlyStepDrop()).decide(_report(too_high, diverging), 200, 190) is None
+    assert _ready(lrwatch.EarlyStepDrop()).decide(None, 200, None) is None
+
+
+def test_decide_holds_while_decay_is_too_aggressive_and_releases():
+    aggressive = Diagnosis("decay_too_aggressive", 100, None, "m", {})
+    cb = _ready(lrwatch.EarlyStepDrop(max_hold=30))
+    assert cb.decide(_report(aggressive), 200, 190) == "hold"
+    cb._holding = True
+    assert cb.decide(_report(aggressive), 250, 240) is None  # keep holding
+    assert cb.decide(_report(Diagnosis("decay_too_aggressive", 100, 230, "m", {})), 250, 240) == "release"
+    cb._held_steps = 30
+    assert cb.decide(_report(aggressive), 300, 290) == "release"  # hold budget spent
+
+
+# -- actions on real runs ------------------------------------------------------------------------
+def test_step_lr_early_drop_keeps_the_rest_of_the_schedule():
+    model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5))
+    logger = RecordingLogger()
+    trainer, lrs, _ = _fit(model, ForcedDrop({4: "drop"}), 35, logger=logger)
+    # Decided after update 4 (global step 4): update 5 uses the dropped lr; drops keep 10 apart after it.
+    expected = [1.0] * 4 + [0.5] * 10 + [0.25] * 10 + [0.125] * 10 + [0.0625]
+    np.testing.assert_allclose(lrs, expected)
+    steps, values = logger.series("lrwatch/action/drop")
+    assert steps.tolist() == [5] and values.tolist() == [0.5]
+
+
+def test_multistep_lr_early_drop_and_nothing_left_to_drop():
+    model = Scheduled(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[10, 20], gamma=0.1))
+    callback = ForcedDrop({3: "drop", 6: "drop", 9: "drop"}, cooldown=0)
+    trainer, lrs, _ = _fit(model, callback, 30)
+    # Two milestones, brought forward to after steps 3 and 6; the third decision has nothing left.
+    np.testing.assert_allclose(lrs, [1.0] * 3 + [0.1] * 3 + [0.01] * 24, rtol=1e-12)
+    assert [a.kind for a in callback.actions] == ["drop", "drop"]
+
+
+def test_exponential_and_no_scheduler_use_factor_once():
+    model = Scheduled(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9))
+    _, lrs, _ = _fit(model, ForcedDrop({2: "drop"}, factor=0.2), 5)
+    np.testing.assert_allclose(lrs, [1.0, 0.9, 0.81 * 0.2, 0.729 * 0.2, 0.6561 * 0.2])
+    _, lrs, _ = _fit(Scheduled(None), ForcedDrop({2: "drop"}), 4)
+    np.testing.assert_allclose(lrs, [1.0, 1.0, 0.1, 0.1])  # default factor without a scheduler: 0.1
+
+
+def test_hold_postpones_a_step_drop_within_its_budget():
+    model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5))
+    callback = ForcedDrop({3: "hold"}, max_hold=4)
+    _, lrs, _ = _fit(model, callback, 20)
+    # The drop due at update 5 is undone 4 times (budget), then taken at update 9; next 5 later.
+    np.testing.assert_allclose(lrs, [1.0] * 9 + [0.5] * 5 + [0.25] * 5 + [0.125])
+
+
+@pytest.mark.parametrize("scheduler", [
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=50),
+    lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1.0, total_steps=50),
+])
+def test_unsupported_scheduler_warns_once_and_never_acts(scheduler):
+    with pytest.warns(UserWarning, match="cannot be acted on"):
+        _, lrs, _ = _fit(Scheduled(scheduler), ForcedDrop({2: "drop"}), 6)
+    reference = Scheduled(scheduler).configure_optimizers()
+    opt, sched = reference["optimizer"], reference["lr_scheduler"]["scheduler"]
+    expected = []
+    for _ in range(6):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs, expected)
+
+
+def test_reduce_lr_on_plateau_is_refused_with_a_warning():
+    class Plateau(Scheduled):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "train_loss", "interval": "step"}}
+
+    with pytest.warns(UserWarning, match="ReduceLROnPlateau cannot be acted on"):
+        _, lrs, _ = _fit(Plateau(None), ForcedDrop({2: "drop"}), 5)
+    np.testing.assert_allclose(lrs, [1.0] * 5)
+
+
+@pytest.mark.parametrize("mode", ["keep", "reset", "damp"])
+def test_momentum_modes_at_a_drop(mode):
+    class Buffers(Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            state = trainer.optimizers[0].state
+            self.norms.append(sum(float(s["momentum_buffer"].norm()) for s in state.values() if "momentum_buffer" in s))
+
+    buffers = Buffers()
+    model = Scheduled(None, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9))
+    callback = ForcedDrop({5: "drop"}, momentum=mode, damp_beta=0.3, damp_steps=3)
+    trainer = make_trainer([buffers, LrTrace(), callback], RecordingLogger(), max_steps=12)
+    trace = trainer.callbacks[1]
+    trainer.fit(model, digits_loader(batch_size=16))
+    momentum = [g["momentum"] for g in trace.groups]
+    if mode == "reset":
+        assert buffers.norms[5] == 0 and buffers.norms[4] > 0
+    else:
+        assert buffers.norms[5] > 0
+    if mode == "damp":  # updates 5, 6, 7 use beta 0.3, then 0.9 again
+        assert momentum == [0.9] * 5 + [0.3] * 3 + [0.9] * 4
+    else:
+        assert momentum == [0.9] * 12
+    # The transient (m after the drop over gamma * m before) is measured and logged once the data are in.
+    assert [s for s, _ in callback.transients] == [6]
+
+
+def test_couple_weight_decay_keeps_lr_times_wd_constant_with_adamw():
+    model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5),
+                      lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1))
+    _, lrs, trace = _fit(model, ForcedDrop({6: "drop"}, couple_weight_decay=True), 16)
+    products = np.array([g["lr"] * g["weight_decay"] for g in trace.groups])
+    np.testing.assert_allclose(products, 0.01 * 0.1, rtol=1e-12)
+    assert lrs.min() < 0.01 / 4  # scheduled and early drops both happened
+
+
+def test_couple_weight_decay_is_ignored_with_a_warning_without_decoupled_decay():
+    with pytest.warns(UserWarning, match="couple_weight_decay needs decoupled"):
+        _fit(Scheduled(None), lrwatch.EarlyStepDrop(couple_weight_decay=True), 3)
+
+
+def test_non_finite_training_never_drops_to_zero_or_raises():
+    class Exploding(Scheduled):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if batch_idx >= 5 else loss
+
+    callback = lrwatch.EarlyStepDrop(decide_every=5, cooldown=0, watch={"flush_every": 5})
+    _, lrs, _ = _fit(Exploding(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=100, gamma=0.1)), callback, 40)
+    assert lrs.min() > 0 and callback.actions == []
+
+
+def test_shares_an_attached_lrwatch_instead_of_measuring_twice():
+    watch = lrwatch.LRWatch(flush_every=5)
+    callback = lrwatch.EarlyStepDrop()
+    trainer = make_trainer([watch, callback], RecordingLogger(), max_steps=10)
+    trainer.fit(Scheduled(None), digits_loader(batch_size=16))
+    assert callback._watch is watch and callback._own_watch.names() == []
+    opt = trainer.optimizers[0]
+    assert len(opt._optimizer_step_pre_hooks) == 0  # detached at the end; only one meter was ever attached
+    assert len(watch.records()) == 10
+
+
+def _resume_run(tmp_path, steps, ckpt=None, save_every=None):
+    model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5))
+    trace = LrTrace()
+    callbacks = [trace, ForcedDrop({7: "drop", 33: "drop"}, cooldown=0)]
+    checkpointing = save_every is not None
+    if checkpointing:
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=save_every, save_top_k=-1))
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, callbacks=callbacks,
+                         enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, digits_loader(batch_size=16), ckpt_path=ckpt)
+    return np.array(trace.lrs), callbacks[1]
+
+
+def test_resume_gives_the_same_lr_trajectory(tmp_path):
+    straight, _ = _resume_run(tmp_path / "a", 50)
+    first, _ = _resume_run(tmp_path / "b", 25, save_every=25)
+    ckpt = next((tmp_path / "b").glob("*.ckpt"))
+    second, resumed = _resume_run(tmp_path / "c", 50, ckpt=str(ckpt))
+    np.testing.assert_allclose(np.concatenate([first, second]), straight)
+    assert [a.step for a in resumed.actions] == [8, 34]  # the first from the checkpoint, the second after
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"factor": 1.5}, "factor"), ({"factor": 0}, "factor"), ({"cooldown": -1}, "cooldown"), ({"patience": 1.5}, "patience"),
+     ({"min_lr": -1}, "min_lr"), ({"max_drops": -1}, "max_drops"), ({"max_hold": True}, "max_hold"),
+     ({"momentum": "nesterov"}, "momentum"), ({"damp_beta": 1.0}, "damp_beta"), ({"damp_steps": 0}, "damp_steps"),
+     ({"optimizer_index": -1}, "optimizer_index"), ({"decide_every": 0}, "decide_every"), ({"watch": 5}, "watch"),
+     ({"watch": {"flush_every": 0}}, "flush_every")],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        lrwatch.EarlyStepDrop(**kwargs)
