@@ -1,0 +1,301 @@
+"""One labelled run of the diagnosis corpus: train, measure every optimizer step, label by counterfactual.
+
+Step convention (used for every series and label): index ``t`` = 0, 1, …, n−1 is the t-th optimizer
+update (0-based), the default ``steps`` of ``lrwatch.analyze``.
+
+* ``lr[t]``          the learning rate of param group 0 used by update t,
+* ``displacement[t]`` ||w after update t − w before update t||₂ over all parameters (float64),
+* ``grad_norm[t]``   ||g||₂ of the minibatch gradient that update t used (float64),
+* ``loss[t]``        the minibatch loss at the weights before update t (the loss whose gradient it used).
+
+So for plain SGD ``displacement[t] == lr[t] * grad_norm[t]`` (up to float32 rounding of the weights).
+A *drop* of a step schedule is the first index whose update used the lower lr: with ``StepLR(step_size=T)``
+stepped once after every update, update t uses ``lr0 * gamma ** (t // T)``, so the drops are T, 2T, …
+
+Counterfactual labels (shared/DESIGN.md "Judging a diagnosis"): at checkpoint t the state after update t
+is copied and trained on for ``window`` updates on the same minibatches the run itself would see next,
+three ways, and the full-data losses after the window are compared:
+
+* keep:    the lr as scheduled;
+* drop:    the rest of the schedule scaled by ``DROP_FACTOR`` (the schedule keeps its shape);
+* restore: the schedule suspended and the lr held at the initial lr when it has decayed (to at most
+  ``DECAYED_AT_MOST`` of it), else held at ``RAISE_FACTOR`` times the current lr. Holding rather than
+  scaling matters under a fast exponential decay, where a scaled schedule would decay away again
+  within a few updates and so never test whether the decay itself was the problem.
+
+A branch *wins clearly* when its loss is below (1 − ``WIN_MARGIN``) × the keep loss and the gain is at
+least ``MIN_GAIN_FRACTION`` × the run's initial full-data loss; a non-finite loss counts as +inf.
+``lr_too_high`` holds at t when drop wins clearly and beats restore; ``decay_too_aggressive`` when the
+lr has decayed and restore wins clearly and beats drop. Checkpoints are labelled only before the run
+diverges (see ``DIVERGENCE_LOSS_RATIO``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from corpus_tasks import OPTIMIZERS, Task, build_optimizer, load_task
+
+# ---- labelling thresholds: the benchmark's own, fixed before any detector was scored ----------------
+#: Updates before the first checkpoint: early training is transient for every setting.
+WARMUP_STEPS = 50
+#: Updates between checkpoints.
+CHECKPOINT_EVERY = 25
+#: Updates each counterfactual branch trains for.
+WINDOW = 50
+#: The "drop" branch scales the rest of the schedule by this factor.
+DROP_FACTOR = 0.1
+#: The "restore" branch holds an undecayed lr at this multiple of the current lr.
+RAISE_FACTOR = 10.0
+#: The lr counts as decayed when it is at most this fraction of the initial lr.
+DECAYED_AT_MOST = 0.5
+#: A branch wins clearly when its loss is below (1 − WIN_MARGIN) × the keep branch's loss …
+WIN_MARGIN = 0.1
+#: … and the gain is at least this fraction of the run's initial full-data loss (so that differences
+#: between two near-zero losses on separable data do not count).
+MIN_GAIN_FRACTION = 0.01
+#: A run diverges when a loss or displacement is non-finite or the minibatch loss exceeds this
+#: multiple of the initial full-data loss.
+DIVERGENCE_LOSS_RATIO = 1e6
+
+SCHEDULES = ("constant", "step", "exponential")
+SETTINGS = ("sensible", "too_high", "too_aggressive", "diverging")
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """Where checkpoints go and how long branches run (defaults: the constants above)."""
+
+    warmup: int = WARMUP_STEPS
+    every: int = CHECKPOINT_EVERY
+    window: int = WINDOW
+
+    def checkpoints(self, n_steps: int) -> range:
+        """Checkpoint indices in a run of ``n_steps`` updates: warmup, warmup + every, … < n_steps."""
+        return range(self.warmup, n_steps, self.every)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to train. ``lr`` is the initial lr; ``gamma`` is StepLR's factor per drop or ExponentialLR's
+    factor per update; ``step_size`` is StepLR's period in updates; ``n_steps`` overrides the task's
+    run length (for short smoke runs). ``setting`` names the intent of the run (one of ``SETTINGS``);
+    it is not a label — the labels come from the counterfactual branches."""
+
+    task: str
+    optimizer: str
+    schedule: str
+    setting: str
+    lr: float
+    seed: int
+    step_size: int | None = None
+    gamma: float | None = None
+    n_steps: int | None = None
+
+    def __post_init__(self):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("setting", SETTINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        needs = {"constant": (), "step": ("step_size", "gamma"), "exponential": ("gamma",)}[self.schedule]
+        for name in ("step_size", "gamma"):
+            if (getattr(self, name) is not None) != (name in needs):
+                raise ValueError(f"{name} is {'required' if name in needs else 'not used'} for a "
+                                 f"{self.schedule} schedule, got {getattr(self, name)!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.optimizer}/{self.schedule}/{self.setting}/seed{self.seed}"
+
+    def length(self, task: Task) -> int:
+        return self.n_steps if self.n_steps is not None else task.n_steps
+
+    def true_drops(self, n_steps: int) -> list[int]:
+        """Indices of the updates that first used a lower lr (step schedules only)."""
+        if self.schedule != "step":
+            return []
+        return list(range(self.step_size, n_steps, self.step_size))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Counterfactual outcome at one checkpoint. Losses are full-data losses (``inf`` if diverged);
+    ``lr_next`` is the lr the next update would use, ``restore_lr`` the lr the restore branch held."""
+
+    step: int
+    lr_next: float
+    decayed: bool
+    restore_lr: float
+    loss_now: float
+    loss_keep: float
+    loss_drop: float
+    loss_restore: float
+    lr_too_high: bool
+    decay_too_aggressive: bool
+
+
+@dataclass
+class RunRecord:
+    """A trained run: per-update series (shape (n_steps,), float64), ground truth, checkpoint labels."""
+
+    spec: RunSpec
+    displacement: np.ndarray
+    lr: np.ndarray
+    grad_norm: np.ndarray
+    loss: np.ndarray
+    start_loss: float
+    drops: list[int]
+    first_nonfinite: int | None
+    divergence_step: int | None
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    @property
+    def diverged(self) -> bool:
+        return self.divergence_step is not None
+
+
+def build_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer):
+    """StepLR / ExponentialLR for the spec's schedule, stepped once per update; None for constant."""
+    if spec.schedule == "constant":
+        return None
+    if spec.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)
+    if spec.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=spec.gamma)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {spec.schedule!r}")
+
+
+def minibatch_indices(n_samples: int, batch_size: int, n_batches: int, seed: int) -> np.ndarray:
+    """Sample indices of ``n_batches`` minibatches, shape (n_batches, batch_size): shuffled epochs
+    without replacement, the incomplete last batch of each epoch dropped."""
+    rng = np.random.default_rng(seed)
+    per_epoch = n_samples // batch_size
+    epochs = [rng.permutation(n_samples)[: per_epoch * batch_size] for _ in range(-(-n_batches // per_epoch))]
+    return np.concatenate(epochs).reshape(-1, batch_size)[:n_batches]
+
+
+def _norm64(tensors) -> float:
+    """||concatenation of tensors||₂ with float64 accumulation."""
+    return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
+
+
+def step_and_measure(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> float:
+    """Run ``optimizer.step()`` and return ||w_after − w_before||₂ over ``params``, differences and
+    sum of squares in float64 (the exact displacement of the update; non-finite if the weights are)."""
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    return _norm64(p.detach().double() - b.double() for p, b in zip(params, before))
+
+
+def train_update(task: Task, model, optimizer, batch: np.ndarray) -> tuple[float, float, float]:
+    """One minibatch update; returns (minibatch loss before it, gradient norm, displacement)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    loss = task.loss(model(task.inputs[batch]), task.targets[batch])
+    loss.backward()
+    grad_norm = _norm64(p.grad for p in params if p.grad is not None)
+    return float(loss.detach()), grad_norm, step_and_measure(optimizer, params)
+
+
+def _branch_loss(task, spec, model, optimizer, scheduler, batches: np.ndarray, lr: float) -> float:
+    """Full-data loss after training a copy of (model, optimizer) on ``batches``, the first update at
+    ``lr``: the schedule goes on from there when ``scheduler`` is given (a copy of it is stepped, and
+    StepLR / ExponentialLR scale the lr they find), the lr is held when it is None. The originals are
+    left untouched."""
+    clone = copy.deepcopy(model)
+    branch_optimizer = build_optimizer(spec.optimizer, clone.parameters(), spec.lr)
+    branch_scheduler = None if scheduler is None else build_scheduler(spec, branch_optimizer)
+    if branch_scheduler is not None:  # torch: load the scheduler before the optimizer state
+        branch_scheduler.load_state_dict(scheduler.state_dict())
+    branch_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for group in branch_optimizer.param_groups:
+        group["lr"] = lr
+    with np.errstate(all="ignore"):
+        for batch in batches:
+            train_update(task, clone, branch_optimizer, batch)
+            if branch_scheduler is not None:
+                branch_scheduler.step()
+    return task.full_loss(clone)
+
+
+def _wins_clearly(candidate: float, keep: float, gain_floor: float) -> bool:
+    """The candidate branch beats keep by WIN_MARGIN relative and ``gain_floor`` absolute."""
+    return candidate < (1.0 - WIN_MARGIN) * keep and keep - candidate >= gain_floor
+
+
+def label_checkpoint(task, spec, model, optimizer, scheduler, step, batches, start_loss) -> Checkpoint:
+    """Counterfactual labels at ``step`` (state after that update); ``batches`` are the next minibatches."""
+    lr_next = optimizer.param_groups[0]["lr"]
+    decayed = lr_next <= DECAYED_AT_MOST * spec.lr
+    restore_lr = spec.lr if decayed else RAISE_FACTOR * lr_next
+    keep = _branch_loss(task, spec, model, optimizer, scheduler, batches, lr=lr_next)
+    drop = _branch_loss(task, spec, model, optimizer, scheduler, batches, lr=DROP_FACTOR * lr_next)
+    restore = _branch_loss(task, spec, model, optimizer, None, batches, lr=restore_lr)
+    floor = MIN_GAIN_FRACTION * start_loss
+    return Checkpoint(
+        step=step,
+        lr_next=lr_next,
+        decayed=decayed,
+        restore_lr=restore_lr,
+        loss_now=task.full_loss(model),
+        loss_keep=keep,
+        loss_drop=drop,
+        loss_restore=restore,
+        lr_too_high=_wins_clearly(drop, keep, floor) and drop < restore,
+        decay_too_aggressive=decayed and _wins_clearly(restore, keep, floor) and restore < drop,
+    )
+
+
+def _divergent(loss, displacement, start_loss: float):
+    """Elementwise: the loss or displacement is non-finite, or the loss exceeds DIVERGENCE_LOSS_RATIO
+    times the initial full-data loss."""
+    return ~np.isfinite(loss) | ~np.isfinite(displacement) | (loss > DIVERGENCE_LOSS_RATIO * start_loss)
+
+
+def _first(mask: np.ndarray) -> int | None:
+    return int(np.argmax(mask)) if mask.any() else None
+
+
+def train_run(spec: RunSpec, labelling: Labelling = Labelling()) -> RunRecord:
+    """Train ``spec`` with a plain loop, measuring every update and labelling every checkpoint that
+    comes before the run diverges."""
+    task = load_task(spec.task)
+    n_steps = spec.length(task)
+    batches = minibatch_indices(len(task.inputs), task.batch_size, n_steps + labelling.window, spec.seed)
+    model = task.build_model(spec.seed)
+    optimizer = build_optimizer(spec.optimizer, model.parameters(), spec.lr)
+    scheduler = build_scheduler(spec, optimizer)
+    start_loss = task.full_loss(model)
+    series = np.full((4, n_steps), np.nan)  # displacement, lr, grad_norm, loss
+    checkpoints = set(labelling.checkpoints(n_steps))
+    labels: list[Checkpoint] = []
+    diverged = False
+    with np.errstate(all="ignore"):
+        for t in range(n_steps):
+            series[1, t] = optimizer.param_groups[0]["lr"]
+            series[3, t], series[2, t], series[0, t] = train_update(task, model, optimizer, batches[t])
+            if scheduler is not None:
+                scheduler.step()
+            diverged = diverged or bool(_divergent(series[3, t], series[0, t], start_loss))
+            if t in checkpoints and not diverged:
+                window = batches[t + 1 : t + 1 + labelling.window]
+                labels.append(label_checkpoint(task, spec, model, optimizer, scheduler, t, window, start_loss))
+    displacement, lr, grad_norm, loss = series
+    return RunRecord(
+        spec=spec,
+        displacement=displacement,
+        lr=lr,
+        grad_norm=grad_norm,
+        loss=loss,
+        start_loss=start_loss,
+        drops=spec.true_drops(n_steps),
+        first_nonfinite=_first(~np.isfinite(series).all(axis=0)),
+        divergence_step=_first(_divergent(loss, displacement, start_loss)),
+        checkpoints=labels,
+    )

@@ -1,0 +1,175 @@
+"""Smoke test of the diagnosis-corpus generator (benchmarks/corpus_*.py) on a few very short runs."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import corpus_runs  # noqa: E402
+from corpus_cache import load_corpus, save_corpus  # noqa: E402
+from corpus_runs import Labelling, RunSpec, step_and_measure, train_run  # noqa: E402
+from corpus_scoring import DROP_TOLERANCE, match_drops, predict_run, score_split  # noqa: E402
+from corpus_tasks import build_optimizer, load_task  # noqa: E402
+
+SHORT = Labelling(warmup=10, every=5, window=10)
+STEP_RUN = RunSpec("wine", "momentum", "step", "sensible", 0.05, seed=0, step_size=12, gamma=0.3, n_steps=40)
+EXP_RUN = RunSpec("moons", "adam", "exponential", "too_aggressive", 0.01, seed=1, gamma=0.9, n_steps=40)
+SGD_RUN = RunSpec("linreg", "sgd", "constant", "too_high", 0.3, seed=2, n_steps=40)
+DIVERGING_RUN = RunSpec("linreg", "sgd", "constant", "diverging", 2.0, seed=1, n_steps=40)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    torch.set_num_threads(1)
+    return {spec: train_run(spec, SHORT) for spec in (STEP_RUN, EXP_RUN, SGD_RUN, DIVERGING_RUN)}
+
+
+def test_lr_series_follows_the_schedule_and_drops_are_where_it_falls(runs):
+    step, exp = runs[STEP_RUN], runs[EXP_RUN]
+    t = np.arange(40)
+    np.testing.assert_allclose(step.lr, 0.05 * 0.3 ** (t // 12), rtol=1e-12)
+    np.testing.assert_allclose(exp.lr, 0.01 * 0.9**t, rtol=1e-12)
+    assert step.drops == [12, 24, 36]
+    assert step.drops == [i for i in range(1, 40) if step.lr[i] < step.lr[i - 1]]
+    assert exp.drops == [] and runs[SGD_RUN].drops == []
+
+
+def test_sgd_displacement_is_lr_times_gradient_norm_of_the_same_update(runs):
+    sgd = runs[SGD_RUN]
+    np.testing.assert_allclose(sgd.displacement, sgd.lr * sgd.grad_norm, rtol=1e-4)
+
+
+def test_checkpoints_are_labelled_and_keep_branch_replays_the_run(runs):
+    for spec in (STEP_RUN, EXP_RUN, SGD_RUN):
+        record = runs[spec]
+        assert [c.step for c in record.checkpoints] == list(range(10, 40, 5))
+        by_step = {c.step: c for c in record.checkpoints}
+        for c in record.checkpoints:
+            # the keep branch trains on the batches the run itself uses next, so it lands where the run does
+            if c.step + SHORT.window in by_step:
+                assert c.loss_keep == by_step[c.step + SHORT.window].loss_now
+            assert c.decayed == (c.lr_next <= corpus_runs.DECAYED_AT_MOST * spec.lr)
+            floor = corpus_runs.MIN_GAIN_FRACTION * record.start_loss
+            gain_drop, gain_restore = c.loss_keep - c.loss_drop, c.loss_keep - c.loss_restore
+            expected_high = (gain_drop > corpus_runs.WIN_MARGIN * c.loss_keep and gain_drop >= floor
+                             and c.loss_drop < c.loss_restore)
+            expected_aggressive = (c.decayed and gain_restore > corpus_runs.WIN_MARGIN * c.loss_keep
+                                   and gain_restore >= floor and c.loss_restore < c.loss_drop)
+            assert c.lr_too_high == expected_high
+            assert c.decay_too_aggressive == expected_aggressive
+    exp = runs[EXP_RUN]
+    assert all(c.restore_lr == EXP_RUN.lr for c in exp.checkpoints if c.decayed)
+    # the short runs hold both outcomes of both labels, so the rules above were exercised both ways
+    labels = [(c.lr_too_high, c.decay_too_aggressive) for r in runs.values() for c in r.checkpoints]
+    assert {high for high, _ in labels} == {True, False}
+    assert {aggressive for _, aggressive in labels} == {True, False}
+
+
+def test_diverging_run_is_detected_and_not_labelled_after_onset(runs):
+    record = runs[DIVERGING_RUN]
+    assert record.diverged
+    onset = record.divergence_step
+    assert np.all(np.isfinite(record.loss[:onset]))
+    blown_up = record.loss[onset] > corpus_runs.DIVERGENCE_LOSS_RATIO * record.start_loss
+    assert blown_up or not np.isfinite(record.loss[onset]) or not np.isfinite(record.displacement[onset])
+    if record.first_nonfinite is not None:
+        assert record.first_nonfinite >= onset
+        assert np.all(np.isfinite(record.displacement[: record.first_nonfinite]))
+    assert all(c.step < onset for c in record.checkpoints)
+    assert not runs[SGD_RUN].diverged and runs[SGD_RUN].first_nonfinite is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
+def test_displacement_matches_flattened_parameter_vectors(optimizer):
+    task = load_task("digits")
+    model = task.build_model(seed=3)
+    opt = build_optimizer(optimizer, model.parameters(), lr=0.05)
+    params = list(model.parameters())
+    for batch in (np.arange(0, 32), np.arange(32, 64), np.arange(64, 96)):
+        opt.zero_grad()
+        task.loss(model(task.inputs[batch]), task.targets[batch]).backward()
+        before = torch.nn.utils.parameters_to_vector(params).detach().double()
+        measured = step_and_measure(opt, params)
+        after = torch.nn.utils.parameters_to_vector(params).detach().double()
+        reference = float(torch.linalg.vector_norm(after - before))
+        assert reference > 0
+        assert abs(measured - reference) <= 1e-6 * reference
+
+
+def test_cache_round_trip_keeps_series_truth_and_labels(runs, tmp_path):
+    records = list(runs.values())
+    path = tmp_path / "corpus.npz"
+    save_corpus(records, path, generation_seconds=1.5)
+    loaded, seconds = load_corpus(path, [r.spec for r in records])
+    assert seconds == 1.5
+    for original, copy in zip(records, loaded):
+        for name in ("displacement", "lr", "grad_norm", "loss"):
+            np.testing.assert_array_equal(getattr(copy, name), getattr(original, name))
+        assert (copy.drops, copy.first_nonfinite, copy.divergence_step, copy.start_loss) == (
+            original.drops, original.first_nonfinite, original.divergence_step, original.start_loss)
+        assert copy.checkpoints == original.checkpoints
+    assert load_corpus(path, [r.spec for r in records][::-1]) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"schedule": "cosine"}, "schedule"),
+        ({"setting": "fine"}, "setting"),
+        ({"lr": 0.0}, "lr"),
+        ({"schedule": "step", "gamma": 0.1}, "step_size"),
+        ({"schedule": "constant", "gamma": 0.1}, "gamma"),
+    ],
+)
+def test_bad_run_spec_raises_naming_the_field(changes, named):
+    fields = dict(task="wine", optimizer="sgd", schedule="constant", setting="sensible", lr=0.1, seed=0)
+    with pytest.raises(ValueError, match=named):
+        RunSpec(**{**fields, **changes})
+
+
+def test_match_drops_pairs_one_to_one_within_tolerance():
+    assert match_drops([10, 20, 30], [12, 19, 40, 29]) == 3
+    assert match_drops([10, 12], [11]) == 1  # one prediction cannot match two true drops
+    assert match_drops([10], [10 + DROP_TOLERANCE + 1]) == 0
+    assert match_drops([50, 100], [100 - DROP_TOLERANCE, 50 + DROP_TOLERANCE]) == 2
+
+
+def test_scores_of_a_detector_that_flags_everything(runs):
+    """A stand-in for lrwatch.analyze: kind "constant", no drops, lr_too_high active everywhere and a
+    diverging diagnosis at the last step it is given."""
+
+    class Report:
+        def __init__(self, n):
+            self.schedule = SimpleNamespace(kind="constant", drops=[])
+            self.diagnoses = [
+                SimpleNamespace(kind="lr_too_high", start=0),
+                SimpleNamespace(kind="diverging", start=n - 1),
+            ]
+
+        def active(self, step):
+            return ["lr_too_high"]
+
+        def to_dict(self):
+            return {}
+
+    records = list(runs.values())
+    predictions = [predict_run(r, lambda m, loss=None, **_: Report(len(m))) for r in records]
+    score = score_split(records, predictions)
+    checkpoints = [c for r in records for c in r.checkpoints]
+    positives = sum(c.lr_too_high for c in checkpoints)
+    assert score.n_checkpoints == len(checkpoints)
+    precision = score.precision["lr_too_high"]
+    assert (precision.hits, precision.total) == (positives, len(checkpoints))
+    assert score.recall["lr_too_high"].value == (1.0 if positives else None)
+    assert score.recall["decay_too_aggressive"].hits == 0
+    assert (score.kind_with_lr.hits, score.kind_with_lr.total) == (1, 3)  # SGD_RUN is the one constant, stable run
+    assert (score.drops.true_positives, score.drops.n_true, score.drops.n_predicted) == (0, 3, 0)
+    assert (score.diverging_caught.hits, score.diverging_caught.total) == (1, 1)
+    assert score.diverging_lead_steps == [1]
+    assert score.diverging_false_alarms.hits == 3
