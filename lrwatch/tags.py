@@ -11,6 +11,10 @@ LR = f"{PREFIX}/lr"
 DIAGNOSIS = f"{PREFIX}/diagnosis"
 DIAGNOSES_TEXT = f"{PREFIX}/diagnoses"
 ACTION = f"{PREFIX}/action"
+SHARPNESS = f"{PREFIX}/sharpness"
+STABILITY_CEILING = f"{PREFIX}/stability_ceiling"
+SHARPNESS_RATIO = f"{PREFIX}/sharpness_ratio"
+NEGATIVE_CURVATURE = f"{PREFIX}/negative_curvature"
 
 
 def lr_tag(optimizer: str, group: int | None = None, group_name: str | None = None) -> str:
