@@ -13,7 +13,8 @@ Per measured step it records, into a device ring buffer:
 - ``grad_norm``: ||g||₂ over the gradients present when the step ran (after unscaling and
   clipping, i.e. the gradient the update used);
 - ``lr`` of every param group (the lr the update used);
-- ``loss``: whatever the adapter assigns with `assign_loss` (NaN when never assigned).
+- ``loss``: whatever the adapter assigns with `assign_loss` right after the step (NaN, and
+  ``loss_assigned`` False, when none was).
 
 The ring is copied to pinned host memory with a non-blocking copy when it is full (at the next
 measured step's pre-hook, so an assigned loss is included). `drain` hands over the chunks whose copy
@@ -31,7 +32,7 @@ replicated data parallelism (DDP) every rank measures the same update and no red
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -52,6 +53,7 @@ class StepRecords:
         grad_norm: float64 (n,), gradient L2 norm.
         loss: float64 (n,), assigned loss, NaN where none was assigned.
         lr: float64 (n, n_groups), lr of every param group.
+        loss_assigned: bool (n,), whether a loss was assigned (a NaN loss that was assigned is data).
     """
 
     steps: np.ndarray
@@ -59,16 +61,15 @@ class StepRecords:
     grad_norm: np.ndarray
     loss: np.ndarray
     lr: np.ndarray
+    loss_assigned: np.ndarray
 
     @staticmethod
     def concatenate(chunks: list["StepRecords"], n_groups: int) -> "StepRecords":
         """Join chunks in order; an empty list gives empty arrays of the right shapes."""
         if not chunks:
             empty = np.empty(0)
-            return StepRecords(np.empty(0, np.int64), empty, empty, empty, np.empty((0, n_groups)))
-        return StepRecords(
-            *(np.concatenate([getattr(c, f) for c in chunks]) for f in ("steps", "displacement", "grad_norm", "loss", "lr"))
-        )
+            return StepRecords(np.empty(0, np.int64), empty, empty, empty, np.empty((0, n_groups)), np.empty(0, bool))
+        return StepRecords(*(np.concatenate([getattr(c, f.name) for c in chunks]) for f in fields(StepRecords)))
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -140,15 +141,17 @@ class StepMeter:
         n_columns = _FIRST_LR_COLUMN + self.n_groups
         self._ring = torch.full((flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
         self._ring_steps = np.zeros(flush_every, np.int64)
+        self._ring_loss_assigned = np.zeros(flush_every, bool)
         pinned = device.type == "cuda"
         self._host = torch.empty((flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
         self._copy_done = torch.cuda.Event() if pinned else None
-        self._pending: tuple[int, np.ndarray] | None = None  # (rows, step labels) of the copy in flight
+        self._pending: tuple[int, np.ndarray, np.ndarray] | None = None  # rows, steps, loss_assigned in flight
         self._completed: list[StepRecords] = []
 
         self._fill = 0  # rows of the ring written since the last rotation
         self.steps_taken = 0  # every step of this optimizer, measured or not
         self.steps_measured = 0
+        self._measured_at = -1  # steps_taken right after the latest measured step
         self._armed = False
         self._handles: list = []
 
@@ -198,6 +201,8 @@ class StepMeter:
             row[_FIRST_LR_COLUMN + j].fill_(group["lr"])  # a float or a 0-d tensor: no host sync either way
         self.steps_measured += 1
         self._ring_steps[self._fill] = self._clock() if self._clock is not None else self.steps_taken
+        self._ring_loss_assigned[self._fill] = False
+        self._measured_at = self.steps_taken
         self._fill += 1
 
     def _grad_square_sum(self, device: torch.device) -> torch.Tensor:
@@ -215,15 +220,16 @@ class StepMeter:
 
     # -- loss ------------------------------------------------------------------------------------
     def assign_loss(self, loss: torch.Tensor | float) -> None:
-        """Record the training loss of the most recently measured step (device copy, no sync).
+        """Record the training loss of the step just taken (device copy, no sync).
 
         The adapter calls this after the step, with the mean loss of the micro-batches that fed it.
-        Does nothing before the first measured step.
+        Does nothing when the step just taken was not measured (``every_n_steps`` > 1).
         """
-        if self._fill == 0:
+        if self._fill == 0 or self._measured_at != self.steps_taken:
             return
         value = loss.detach() if isinstance(loss, torch.Tensor) else loss
         self._ring[self._fill - 1, LOSS].fill_(value)
+        self._ring_loss_assigned[self._fill - 1] = True
 
     # -- host side -------------------------------------------------------------------------------
     def _rotate(self) -> None:
@@ -232,7 +238,7 @@ class StepMeter:
         self._host.copy_(self._ring, non_blocking=True)
         if self._copy_done is not None:
             self._copy_done.record()
-        self._pending = (self._fill, self._ring_steps[: self._fill].copy())
+        self._pending = (self._fill, self._ring_steps[: self._fill].copy(), self._ring_loss_assigned[: self._fill].copy())
         self._fill = 0
 
     def _collect_pending(self) -> None:
@@ -240,18 +246,19 @@ class StepMeter:
             return
         if self._copy_done is not None:
             self._copy_done.synchronize()
-        rows, steps = self._pending
-        self._completed.append(self._records(self._host[:rows].double().numpy().copy(), steps))
+        rows, steps, assigned = self._pending
+        self._completed.append(self._records(self._host[:rows].double().numpy().copy(), steps, assigned))
         self._pending = None
 
     @staticmethod
-    def _records(values: np.ndarray, steps: np.ndarray) -> StepRecords:
+    def _records(values: np.ndarray, steps: np.ndarray, loss_assigned: np.ndarray) -> StepRecords:
         return StepRecords(
             steps=steps,
             displacement=values[:, DISPLACEMENT],
             grad_norm=values[:, GRAD_NORM],
             loss=values[:, LOSS],
             lr=values[:, _FIRST_LR_COLUMN:],
+            loss_assigned=loss_assigned,
         )
 
     def drain(self) -> StepRecords:
@@ -267,6 +274,10 @@ class StepMeter:
         at the end of training, not in the step loop."""
         self._collect_pending()
         if self._fill:
-            self._completed.append(self._records(self._ring[: self._fill].cpu().double().numpy(), self._ring_steps[: self._fill].copy()))
+            self._completed.append(self._records(
+                self._ring[: self._fill].cpu().double().numpy(),
+                self._ring_steps[: self._fill].copy(),
+                self._ring_loss_assigned[: self._fill].copy(),
+            ))
             self._fill = 0
         return self.drain()

@@ -81,9 +81,11 @@ def test_every_n_steps_and_clock():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     labels = iter(range(100, 200))
     meter = StepMeter(optimizer, flush_every=3, every_n_steps=4, clock=lambda: next(labels)).attach()
-    reference = _train(model, optimizer, 13)
+    reference = _train(model, optimizer, 13, meter)  # assigns a loss after every step, measured or not
     records = meter.finish()
     assert meter.steps_taken == 13 and meter.steps_measured == 4
+    np.testing.assert_allclose(records.loss, reference[::4, 3], rtol=1e-6)  # only measured steps' losses land
+    assert records.loss_assigned.all()
     np.testing.assert_array_equal(records.steps, [100, 101, 102, 103])  # the clock is read only on measured steps
     np.testing.assert_allclose(records.displacement, reference[::4, 0], rtol=1e-5)
 

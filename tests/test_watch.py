@@ -112,9 +112,13 @@ def test_nan_parameters_are_logged_not_raised():
             loss = super().training_step(batch, batch_idx)
             return loss * float("inf") if batch_idx >= 3 else loss
 
-    trainer, logger, _, _ = _fit(Exploding("sgd"), max_steps=8)
+    trainer, logger, _, watch = _fit(Exploding("sgd"), max_steps=8)
     displacement = logger.series("lrwatch/displacement")[1]
     assert np.isfinite(displacement[:3]).all() and not np.isfinite(displacement[4:]).any()
+    # The diagnosis flag is logged per step, steps increasing, exactly as the report has it.
+    steps, flags = logger.series("lrwatch/diagnosis/diverging")
+    assert np.all(np.diff(steps) > 0) and flags.max() == 1.0
+    np.testing.assert_array_equal(flags, [float("diverging" in watch.report.active(s)) for s in steps])
 
 
 def test_no_trainable_parameters_warns_and_does_not_crash():

@@ -212,44 +212,50 @@ class LRWatch(Callback):
             if not len(chunk):
                 continue
             w.records.append(chunk)
-            loss = chunk.loss if not np.isnan(chunk.loss).all() else None
+            # A chunk with steps that got no loss (e.g. training_step returned None) is analysed without
+            # it: an unassigned NaN is not data, and the analyzer would read it as divergence.
+            loss = chunk.loss if chunk.loss_assigned.all() else None
             if self.diagnose:
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
                                   grad_norm=chunk.grad_norm)
             if trainer.is_global_zero and self.log:
-                self._log_chunk(trainer, w, chunk, loss is not None)
-                if self.diagnose:
-                    self._log_diagnoses(trainer, w, int(chunk.steps[-1]))
+                report = w.analyzer.report() if self.diagnose else None
+                self._log_chunk(trainer, w, chunk, loss is not None, report)
+                if report is not None:
+                    self._announce(trainer, w, report, int(chunk.steps[-1]))
 
     @staticmethod
     def _log(trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def _log_chunk(self, trainer, w: _Watched, chunk: StepRecords, has_loss: bool) -> None:
-        displacement = tags.series_tag(tags.DISPLACEMENT, w.series_suffix)
-        grad_norm = tags.series_tag(tags.GRAD_NORM, w.series_suffix)
-        loss = tags.series_tag(tags.LOSS, w.series_suffix)
-        for i, step in enumerate(chunk.steps.tolist()):
-            metrics = {displacement: float(chunk.displacement[i]), grad_norm: float(chunk.grad_norm[i])}
-            if has_loss:
-                metrics[loss] = float(chunk.loss[i])
-            metrics.update(zip(w.lr_tags, map(float, chunk.lr[i])))
-            self._log(trainer, metrics, step)
+    def _log_chunk(self, trainer, w: _Watched, chunk: StepRecords, has_loss: bool, report: Report | None) -> None:
+        """One log_metrics call per step, steps increasing. Diagnosis flags are per step too: the
+        analysis is causal, so once a chunk is analysed its steps' flags are final."""
+        series = {
+            tags.series_tag(tags.DISPLACEMENT, w.series_suffix): chunk.displacement,
+            tags.series_tag(tags.GRAD_NORM, w.series_suffix): chunk.grad_norm,
+            **dict(zip(w.lr_tags, chunk.lr.T)),
+        }
+        if has_loss:
+            series[tags.series_tag(tags.LOSS, w.series_suffix)] = chunk.loss
+        for kind in sorted({d.kind for d in report.diagnoses}) if report is not None else ():
+            spans = [(d.start, np.inf if d.end is None else d.end) for d in report.diagnoses if d.kind == kind]
+            active = np.zeros(len(chunk), bool)
+            for start, end in spans:
+                active |= (chunk.steps >= start) & (chunk.steps <= end)
+            series[tags.series_tag(tags.diagnosis_tag(kind), w.series_suffix)] = active.astype(float)
+        names = list(series)
+        for step, values in zip(chunk.steps.tolist(), np.column_stack(list(series.values())).tolist()):
+            self._log(trainer, dict(zip(names, values)), step)
 
-    def _log_diagnoses(self, trainer, w: _Watched, last_step: int) -> None:
-        report = w.analyzer.report()
-        new = [d for d in report.diagnoses if (w.name, d.kind, d.start) not in self._announced]
-        for d in new:
-            self._announced.add((w.name, d.kind, d.start))
-            self._log(trainer, {tags.series_tag(tags.diagnosis_tag(d.kind), w.series_suffix): 1.0}, d.start)
-            if self.warn:
-                rank_zero_warn(f"LRWatch[{w.name}] {d.kind} from step {d.start}: {d.message}")
-        active = set(report.active(last_step))
-        kinds = {d.kind for d in report.diagnoses}
-        if kinds:
-            self._log(trainer, {tags.series_tag(tags.diagnosis_tag(k), w.series_suffix): float(k in active)
-                                for k in sorted(kinds)}, last_step)
+    def _announce(self, trainer, w: _Watched, report: Report, last_step: int) -> None:
+        """Warn once per new diagnosis; rewrite the text summary when the diagnoses changed."""
+        for d in report.diagnoses:
+            if (w.name, d.kind, d.start) not in self._announced:
+                self._announced.add((w.name, d.kind, d.start))
+                if self.warn:
+                    rank_zero_warn(f"LRWatch[{w.name}] {d.kind} from step {d.start}: {d.message}")
         summary = tuple((d.kind, d.start, d.end) for d in report.diagnoses)
         if summary != w.summarized:
             w.summarized = summary
