@@ -1,0 +1,568 @@
+"""Diagnoses of how the lr schedule drives training, from per-step series (numpy only).
+
+`Analyzer` takes a run chunk by chunk (the Lightning callback feeds it at every flush) and keeps a
+bounded state: the last few blocks of samples and running figures. `analyze` is one chunk. The
+result never depends on how the run was cut into chunks (every statistic is an order statistic,
+an element-wise operation or a fixed-order sum, as in `lrwatch.signature`), every decision at a
+step uses data up to that step only, and scaling the displacement by c > 0 changes nothing (only
+ratios and coefficients of variation of it are used).
+
+Windowed rules are evaluated at the last sample of each block of ``block`` samples and hold until
+the next block ends (a lag of at most block - 1 samples); ``diverging`` is decided at every sample.
+Windows count samples (one per recorded step). Per block each series is summarised by its median;
+over the last ``window`` samples:
+
+* windowed m: the median of m's block medians; its trend is the ratio to the previous window's;
+* m's CV: the pooled within-block coefficient of variation (minibatch noise, free of slow trends);
+* the loss's *progress*: how far its windowed median is below the best windowed median of the windows
+  that ended at least ``stall_windows`` windows earlier, as a fraction of that best (<= 0: no new low);
+* the loss's *gain*: the least-squares line through the block medians of the last two windows,
+  compared at their centres, (earlier - later) / |earlier|, with its standard error.
+
+Rules (thresholds in `Thresholds`; the windowed ones switch on at one threshold and off at a looser
+one, so noise does not make them flicker):
+
+* ``lr_too_high`` (needs the loss): progress at most ``stall_gain`` while m is not decaying (trend at
+  least ``steady_ratio``) and erratic (CV at least ``erratic_cv``), and not in a collapse the rule
+  below explains. Ends when progress reaches ``resume_gain`` or m decays or calms.
+  Advice: bring the next lr drop forward.
+* ``decay_too_aggressive`` (needs the loss): windowed m fell to ``collapse_fraction`` of its peak;
+  at the last block where m was healthy (at least ``healthy_fraction`` of its peak) the gain was at
+  least ``improving_gain`` and ``sigmas`` standard errors; progress is now at most ``stall_gain``; and
+  the gradient part (grad_norm, else m / lr; unknown counts as intact) kept ``grad_keep`` of its
+  size at that healthy block, so the lr, not the gradient, collapsed. Ends when m is healthy again,
+  progress reaches ``resume_gain``, or the gradient part falls below ``grad_keep`` squared.
+  Advice: decay more slowly.
+* ``diverging``: a non-finite displacement, loss or gradient norm (then it stays flagged for good),
+  or the last ``diverge_recent`` values of the loss or of the gradient part (m itself when neither
+  grad_norm nor lr is given, so an lr warmup can pass for growth) all above ``diverge_factor`` times
+  the median of the ``diverge_window`` samples before them; a jump keeps the flag ``diverge_hold``
+  samples, so the flag shows before the first NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from lrwatch.signature import (
+    Signature,
+    SignatureParams,
+    SignatureTracker,
+    Tail,
+    as_series,
+    as_steps,
+    block_medians,
+    json_float,
+    split_blocks,
+    window_dot,
+    window_means,
+    window_medians,
+)
+
+LR_TOO_HIGH = "lr_too_high"
+DECAY_TOO_AGGRESSIVE = "decay_too_aggressive"
+DIVERGING = "diverging"
+RULES = (LR_TOO_HIGH, DECAY_TOO_AGGRESSIVE, DIVERGING)
+"""Kinds `Analyzer` can flag, in the order it reports simultaneous starts."""
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One flagged condition over a span of steps.
+
+    kind: what was found ("lr_too_high", "decay_too_aggressive", "diverging", or a kind another
+        component adds, e.g. "above_stability_ceiling").
+    start: first step at which it held. end: last step at which it held (inclusive), None while it
+        still holds at the last step seen.
+    message: one sentence a person can act on. evidence: the figures that triggered it (finite floats).
+    """
+
+    kind: str
+    start: int
+    end: int | None
+    message: str
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: plain ints, floats and strings; non-finite evidence as None."""
+        return {
+            "kind": self.kind,
+            "start": int(self.start),
+            "end": None if self.end is None else int(self.end),
+            "message": self.message,
+            "evidence": {k: json_float(v) for k, v in self.evidence.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """The schedule's signature and the diagnoses of a run (or of the part of it seen so far).
+
+    n_steps: number of samples (recorded steps) analysed.
+    """
+
+    schedule: Signature
+    diagnoses: list[Diagnosis]
+    n_steps: int
+
+    def active(self, step: int) -> list[str]:
+        """Kinds of the diagnoses that hold at ``step``."""
+        return [d.kind for d in self.diagnoses if d.start <= step and (d.end is None or step <= d.end)]
+
+    def to_dict(self) -> dict:
+        """JSON-ready (no numpy scalars, no NaN)."""
+        return {
+            "schedule": self.schedule.to_dict(),
+            "diagnoses": [d.to_dict() for d in self.diagnoses],
+            "n_steps": int(self.n_steps),
+        }
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Named thresholds of the rules (see the module docstring). Windows count samples.
+
+    The defaults were set on tiny runs (SGD on scikit-learn's digits, as in tests/test_diagnosis.py),
+    where they flag the noisy plateau, the early collapse and the divergence there and leave a clean
+    improving run alone; they are meant to be tuned on a labelled corpus of real runs.
+
+    block: samples per evaluation block; windowed rules update at each block's last sample.
+    window: samples per comparison window, a multiple of ``block``.
+    stall_gain: the loss stagnates while its progress (below its best earlier windowed level, as a
+        fraction of it) is at most this: 0 means "no new low".
+    stall_windows: progress is measured against windows that ended at least this many windows
+        earlier: 2 keeps minibatch noise from passing a slowly improving loss for a stall.
+    resume_gain: a stall ends when progress reaches this (above stall_gain: hysteresis against noise).
+    sigmas: a gain counts as "improving" before a collapse only when it is at least this many of its
+        standard errors.
+    erratic_cv: least pooled within-block coefficient of variation of m that counts as erratic.
+    steady_ratio: m is not decaying while its windowed median is at least this times the previous
+        window's.
+    improving_gain: least gain, at the last block where m was healthy, that counts as "still
+        improving at a good rate" before a collapse (it must also be ``sigmas`` standard errors).
+    collapse_fraction: m has collapsed when its windowed median is at most this times its peak.
+    healthy_fraction: m is healthy when its windowed median is at least this times its peak.
+    grad_keep: the gradient part is intact when its windowed median is at least this times its
+        value at the last healthy block.
+    diverge_factor: a jump is the last ``diverge_recent`` values all above this times the running median.
+    diverge_recent: consecutive samples a jump must last.
+    diverge_window: samples in the running median a jump is measured against, a multiple of ``block``.
+    diverge_hold: samples a jump keeps ``diverging`` active.
+    """
+
+    block: int = 10
+    window: int = 100
+    stall_gain: float = 0.0
+    resume_gain: float = 0.05
+    sigmas: float = 2.0
+    stall_windows: int = 2
+    erratic_cv: float = 0.15
+    steady_ratio: float = 0.8
+    improving_gain: float = 0.1
+    collapse_fraction: float = 0.1
+    healthy_fraction: float = 0.5
+    grad_keep: float = 0.5
+    diverge_factor: float = 4.0
+    diverge_recent: int = 3
+    diverge_window: int = 20
+    diverge_hold: int = 50
+
+    def __post_init__(self):
+        for name in ("block", "window", "stall_windows", "diverge_recent", "diverge_window", "diverge_hold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("window", "diverge_window"):
+            if getattr(self, name) % self.block:
+                raise ValueError(f"{name} must be a multiple of block ({self.block}), got {getattr(self, name)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        for name in ("erratic_cv", "diverge_factor", "sigmas"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("steady_ratio", "collapse_fraction", "healthy_fraction", "grad_keep"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if self.resume_gain <= self.stall_gain:
+            raise ValueError(f"resume_gain must be above stall_gain ({self.stall_gain}), got {self.resume_gain!r}")
+        if self.collapse_fraction >= self.healthy_fraction:
+            raise ValueError(
+                f"collapse_fraction must be below healthy_fraction ({self.healthy_fraction}), "
+                f"got {self.collapse_fraction!r}"
+            )
+
+
+M, LOSS, GRAD, JUMP = range(4)
+"""Columns of the per-sample table: displacement, loss, gradient part (NaN where unknown), and the
+series whose jumps signal divergence on the displacement side (the gradient part, else m)."""
+
+
+class Analyzer:
+    """Streaming diagnosis: ``update`` with each chunk of a run, ``report`` any time.
+
+    thresholds: `Thresholds` fields and `lrwatch.signature.SignatureParams` fields, by name.
+    Amortized O(1) per sample; the state is bounded (a few windows of block summaries) apart from
+    the diagnoses and drops found.
+    """
+
+    def __init__(self, **thresholds):
+        rule_names, signature_names = {f.name for f in fields(Thresholds)}, {f.name for f in fields(SignatureParams)}
+        unknown = sorted(set(thresholds) - rule_names - signature_names)
+        if unknown:
+            raise ValueError(f"unknown threshold {unknown[0]!r}; known: {sorted(rule_names | signature_names)}")
+        self.t = Thresholds(**{k: v for k, v in thresholds.items() if k in rule_names})
+        self.schedule = SignatureTracker(**{k: v for k, v in thresholds.items() if k in signature_names})
+        t = self.t
+        self.k = t.window // t.block  # blocks per window
+        self.count = 0  # samples seen
+        self.blocks = 0  # blocks completed
+        self.last_step: int | None = None
+        self.pending = np.empty((4, 0))
+        self.block_m, self.block_grad = Tail(self.k - 1), Tail(self.k - 1)
+        self.block_loss = Tail(2 * self.k - 1)
+        self.block_cv2 = Tail(self.k - 1)
+        self.windowed_m = Tail(self.k)
+        self.windowed_loss = Tail(self.k * t.stall_windows)
+        self.best_loss = np.nan  # lowest windowed loss among windows that ended stall_windows windows ago
+        self.jump_refs = _JumpRefs(t)
+        self.peak = np.nan  # largest windowed m so far
+        self.healthy = (np.nan, np.nan)  # (gain, windowed gradient part) at the last healthy block
+        self.block_state = {LR_TOO_HIGH: False, DECAY_TOO_AGGRESSIVE: False}
+        self.nonfinite = False  # a non-finite value has been seen: diverging for good
+        self.last_jump = -(10**18)  # sample index of the last divergence jump
+        self.open: dict[str, Diagnosis] = {}
+        self.closed: list[Diagnosis] = []
+
+    def update(self, displacement=None, loss=None, lr=None, steps=None, grad_norm=None) -> Analyzer:
+        """Append one chunk: 1-D array-likes of one length (None where not measured).
+
+        displacement, lr, grad_norm must be >= 0; NaN/Inf are data (they flag ``diverging``).
+        steps: strictly increasing integers after the last chunk's (default: continue by 1).
+        Returns self, so ``Analyzer().update(...).report()`` works.
+        """
+        series = _validated(displacement, loss, lr, grad_norm)
+        n = len(next(iter(series.values())))
+        step_values = as_steps(steps, n, self.last_step)
+        if n == 0:
+            return self
+        self.schedule.update(series.get("displacement"), series.get("lr"), step_values)
+        with np.errstate(all="ignore"):  # NaN, Inf and overflow are data here
+            table = _sample_table(series, n)
+            states, evidence = self._block_rules(table, step_values)
+            states[DIVERGING], evidence[DIVERGING] = self._divergence(table, series, step_values)
+            self._track(states, evidence, step_values)
+        self.count += n
+        self.last_step = int(step_values[-1])
+        return self
+
+    def report(self) -> Report:
+        """Signature and diagnoses of everything seen so far (open diagnoses have end None)."""
+        diagnoses = sorted(self.closed + list(self.open.values()), key=lambda d: (d.start, RULES.index(d.kind)))
+        return Report(self.schedule.result(), diagnoses, self.count)
+
+    # -- windowed rules, evaluated at block ends -------------------------------------------------
+    def _block_rules(self, table: np.ndarray, steps: np.ndarray) -> tuple[dict, dict]:
+        """Per-sample states of the windowed rules over this chunk, and their evidence at a sample."""
+        t = self.t
+        blocks, self.pending = split_blocks(self.pending, table, t.block)
+        # a block's decision holds from its last sample until the next block's last sample: the new
+        # block in force at each sample of the chunk (-1: the one before the chunk)
+        which = np.maximum((self.count + np.arange(len(steps)) + 1) // t.block - 1 - self.blocks, -1)
+        n_blocks = blocks.shape[1]
+        self.blocks += n_blocks
+        figures = self._block_figures(blocks) if n_blocks else {}
+        states, evidence = {}, {}
+        for kind in (DECAY_TOO_AGGRESSIVE, LR_TOO_HIGH):
+            by_block = np.empty(0, dtype=bool)
+            if n_blocks:
+                enter, stay = _conditions(kind, figures, t)
+                by_block = _hysteresis(enter, stay, self.block_state[kind])
+            states[kind] = np.concatenate([[self.block_state[kind]], by_block])[which + 1]
+            evidence[kind] = lambda i, kind=kind: _evidence(kind, figures, int(which[i]), t)
+            if len(by_block):
+                self.block_state[kind] = bool(by_block[-1])
+        return states, evidence
+
+    def _block_figures(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        """Windowed figures at each new block end (NaN where the history is too short)."""
+        k = self.k
+        medians = {c: block_medians(blocks[c]) for c in (M, LOSS, GRAD)}
+        m_windowed = window_medians(self.block_m.extend(medians[M]), k)
+        grad_windowed = window_medians(self.block_grad.extend(medians[GRAD]), k)
+        cv = np.sqrt(window_means(self.block_cv2.extend(_cv2(blocks[M])), k))
+        m_before = self.windowed_m.extend(m_windowed)[: len(m_windowed)]
+        loss_medians = self.block_loss.extend(medians[LOSS])
+        gain, gain_se = _loss_gain(loss_medians, k)
+        confident = gain >= self.t.sigmas * gain_se  # NaN: False
+        loss_level = window_medians(loss_medians[k:], k)
+        # best windowed loss among the windows that ended at least stall_windows windows ago
+        old_level = self.windowed_loss.extend(loss_level)[: len(loss_level)]
+        best = np.fmin.accumulate(np.concatenate([[self.best_loss], old_level]))[1:]
+        self.best_loss = float(best[-1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            progress = (best - loss_level) / np.abs(best)
+            peak = np.fmax.accumulate(np.concatenate([[self.peak], m_windowed]))[1:]
+            healthy = m_windowed >= self.t.healthy_fraction * peak
+        self.peak = float(peak[-1])
+        # gain and gradient part at the last healthy block so far (carried in from earlier chunks)
+        last = np.maximum.accumulate(np.where(healthy, np.arange(1, len(healthy) + 1), 0))
+        # a healthy block's gain counts only when it is confidently positive
+        healthy_gain = np.concatenate([[self.healthy[0]], np.where(confident, gain, -np.inf)])[last]
+        healthy_grad = np.concatenate([[self.healthy[1]], grad_windowed])[last]
+        self.healthy = (float(healthy_gain[-1]), float(healthy_grad[-1]))
+        self.jump_refs.add(blocks)
+        return {
+            "m": m_windowed, "m_before": m_before, "peak": peak, "cv": cv, "gain": gain, "progress": progress,
+            "grad": grad_windowed, "healthy_gain": healthy_gain, "healthy_grad": healthy_grad,
+        }
+
+    # -- divergence, decided at every sample ------------------------------------------------------
+    def _divergence(self, table: np.ndarray, series: dict, steps: np.ndarray):
+        """Per-sample ``diverging`` state over this chunk, and its evidence at a sample."""
+        t = self.t
+        index = self.count + np.arange(len(steps))  # global sample index
+        bad = np.zeros(len(steps), dtype=bool)
+        for name in ("displacement", "loss", "grad_norm"):
+            if name in series:
+                bad |= ~np.isfinite(series[name])
+        nonfinite = np.logical_or.accumulate(np.concatenate([[self.nonfinite], bad]))[1:]
+        self.nonfinite = bool(nonfinite[-1])
+        growth = {c: self.jump_refs.growth(c, table[c], index) for c in (LOSS, JUMP)}
+        self.jump_refs.forget_chunk()
+        with np.errstate(invalid="ignore"):
+            jump = (growth[LOSS] > t.diverge_factor) | (growth[JUMP] > t.diverge_factor)
+        last_jump = np.maximum.accumulate(np.where(jump, index, self.last_jump))
+        self.last_jump = int(last_jump[-1]) if len(last_jump) else self.last_jump
+        state = nonfinite | (index - last_jump < t.diverge_hold)
+        displacement_side = "grad_growth" if ("grad_norm" in series or "lr" in series) else "displacement_growth"
+
+        def evidence(i: int) -> dict[str, float]:
+            if bad[i] or (nonfinite[i] and not jump[i]):
+                found = {"nonfinite": 1.0}
+                for name in ("displacement", "loss", "grad_norm"):
+                    if name in series and not np.isfinite(series[name][i]):
+                        found[f"{name}_nonfinite"] = 1.0
+                return found
+            return {"loss_growth": float(growth[LOSS][i]), displacement_side: float(growth[JUMP][i]),
+                    "diverge_factor": t.diverge_factor, "recent_steps": float(t.diverge_recent)}
+
+        return state, evidence
+
+    # -- episodes --------------------------------------------------------------------------------
+    def _track(self, states: dict[str, np.ndarray], evidence: dict, steps: np.ndarray) -> None:
+        """Open and close diagnoses where the per-sample states switch."""
+        previous_step = np.concatenate([[self.last_step if self.last_step is not None else -1], steps[:-1]])
+        events = []
+        for kind in RULES:
+            state = states[kind]
+            was = np.concatenate([[kind in self.open], state[:-1]])
+            for i in np.flatnonzero(state != was).tolist():
+                events.append((i, RULES.index(kind), kind, bool(state[i])))
+        for i, _, kind, on in sorted(events):
+            if on:
+                found = {k: v for k, v in evidence[kind](i).items() if math.isfinite(v)}
+                self.open[kind] = Diagnosis(kind, int(steps[i]), None, _message(kind, found, self.t), found)
+            else:
+                d = self.open.pop(kind)
+                self.closed.append(Diagnosis(d.kind, d.start, int(previous_step[i]), d.message, d.evidence))
+
+
+class _JumpRefs:
+    """Running medians that divergence jumps are measured against, one per block end, kept for the
+    last few blocks so each sample can look up the median of the window that ended before its
+    recent run (``diverge_recent`` samples) began."""
+
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.k = t.diverge_window // t.block
+        self.block_medians = {c: Tail(self.k - 1) for c in (LOSS, JUMP)}
+        keep = 2 + -(-t.diverge_recent // t.block)
+        self.refs = {c: Tail(keep) for c in (LOSS, JUMP)}
+        self.recent = {c: Tail(t.diverge_recent - 1) for c in (LOSS, JUMP)}
+        self.blocks = 0  # blocks added
+        self.current = {c: self.refs[c].values for c in (LOSS, JUMP)}  # refs of the last chunk and a few before
+
+    def add(self, blocks: np.ndarray) -> None:
+        """Take completed blocks (columns, n_blocks, block); call once per chunk, before `growth`."""
+        for c in (LOSS, JUMP):
+            medians = window_medians(self.block_medians[c].extend(block_medians(blocks[c])), self.k)
+            self.current[c] = self.refs[c].extend(medians)
+        self.blocks += blocks.shape[1]
+
+    def forget_chunk(self) -> None:
+        """Drop the refs of the chunk just analysed beyond the few kept (bounded state)."""
+        self.current = {c: self.refs[c].values for c in (LOSS, JUMP)}
+
+    def growth(self, column: int, values: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Least of the last ``diverge_recent`` values at each sample over the running median of the
+        window that ended before those values began. ``index``: global sample indices of ``values``."""
+        r, block = self.t.diverge_recent, self.t.block
+        recent = self.recent[column].extend(values)
+        smallest = recent[r - 1 :].copy()
+        for lag in range(1, r):
+            smallest = np.minimum(smallest, recent[r - 1 - lag : len(recent) - lag])
+        # sample i uses the ref of block (i - r + 1) // block - 1; per sample, refs repeat block-wise
+        refs = self.current[column]  # refs of blocks self.blocks - len(refs) .. self.blocks - 1
+        first = (self.blocks - len(refs) + 1) * block  # first (i - r + 1) served by refs[0]
+        per_sample = np.repeat(refs, block)
+        start = int(index[0]) - r + 1 - first
+        if start < 0:
+            per_sample = np.concatenate([np.full(-start, np.nan), per_sample])
+            start = 0
+        ref = per_sample[start : start + len(values)]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return np.where(ref > 0, smallest / ref, np.nan)
+
+
+def _validated(displacement, loss, lr, grad_norm) -> dict[str, np.ndarray]:
+    """The given series as float64 arrays of one length, by name; ValueError naming a bad one."""
+    given = [(n, v) for n, v in (("displacement", displacement), ("loss", loss), ("lr", lr),
+                                 ("grad_norm", grad_norm)) if v is not None]
+    if not given:
+        raise ValueError("displacement is None, and so are loss, lr and grad_norm: nothing to analyze")
+    series: dict[str, np.ndarray] = {}
+    length = None
+    for name, values in given:
+        series[name] = as_series(name, values, length, nonnegative=name != "loss")
+        length = len(series[name])
+    return series
+
+
+def _sample_table(series: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Per-sample series M, LOSS, GRAD, JUMP as rows (4, n) (NaN where not measured)."""
+    missing = np.full(n, np.nan)
+    m = series.get("displacement", missing)
+    if "grad_norm" in series:
+        grad = series["grad_norm"]
+    elif "lr" in series:
+        lr = series["lr"]
+        usable = (lr > 0) & (m > 0)  # m == 0: the update was lost below float resolution, not a zero gradient
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            grad = np.where(usable, m / np.where(usable, lr, 1.0), np.nan)
+    else:
+        grad = missing
+    jump = grad if ("grad_norm" in series or "lr" in series) else m
+    return np.stack([m, series.get("loss", missing), grad, jump])
+
+
+def _loss_gain(medians: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Relative improvement of the loss per window at each block end, and its standard error.
+
+    The least-squares line through the last 2k block medians is compared at the centres of its two
+    windows: (f_earlier - f_later) / |f_earlier|. ``medians`` starts 2k - 1 blocks before the first
+    new block; NaN where unknown. Fixed-order sums, so exact under chunking.
+    """
+    offsets = np.arange(2 * k) - (2 * k - 1) / 2
+    spread = (offsets**2).sum()
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = window_dot(medians, np.full(2 * k, 1 / (2 * k)))
+        slope = window_dot(medians, offsets / spread)
+        squares = window_dot(medians**2, np.ones(2 * k))
+        residual = np.maximum(squares - 2 * k * mean**2 - slope**2 * spread, 0.0)
+        earlier = np.abs(mean - slope * k / 2)
+        slope_se = np.sqrt(residual / (2 * k - 2) / spread)
+        return -slope * k / earlier, slope_se * k / earlier
+
+
+def _cv2(blocks: np.ndarray) -> np.ndarray:
+    """Squared coefficient of variation of each block row (n_blocks, block), fixed-order sums."""
+    size = blocks.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        total = blocks[:, 0].copy()
+        for j in range(1, size):
+            total += blocks[:, j]
+        mean = total / size
+        spread = (blocks[:, 0] - mean) ** 2
+        for j in range(1, size):
+            spread += (blocks[:, j] - mean) ** 2
+        return spread / size / mean**2
+
+
+def _conditions(kind: str, f: dict[str, np.ndarray], t: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """(enter, stay) conditions of a windowed rule at each new block end."""
+    with np.errstate(invalid="ignore"):
+        improving = f["healthy_gain"] >= t.improving_gain
+        # an unknown progress (no loss) neither starts nor keeps a stall
+        stalled, not_resumed = f["progress"] <= t.stall_gain, f["progress"] < t.resume_gain
+        if kind == LR_TOO_HIGH:  # not where the displacement collapsed while the loss was improving
+            cut_short = (f["m"] <= t.collapse_fraction * f["peak"]) & improving
+            held = (f["m"] >= t.steady_ratio * f["m_before"]) & (f["cv"] >= t.erratic_cv) & ~cut_short
+            return held & stalled, held & not_resumed
+        # hysteresis: a collapse lasts until m is healthy again, an intact gradient until below grad_keep**2
+        collapsed = f["m"] <= t.collapse_fraction * f["peak"]
+        still_low = f["m"] < t.healthy_fraction * f["peak"]
+        intact = ~(f["grad"] < t.grad_keep * f["healthy_grad"])  # an unknown gradient part counts as intact
+        still_intact = ~(f["grad"] < t.grad_keep**2 * f["healthy_grad"])
+        return collapsed & improving & intact & stalled, still_low & improving & still_intact & not_resumed
+
+
+def _hysteresis(enter: np.ndarray, stay: np.ndarray, was: bool) -> np.ndarray:
+    """State per block: switched on where ``enter``, off where not ``stay``, else unchanged."""
+    event = np.where(enter, 1, np.where(stay, -1, 0))
+    index = np.where(event >= 0, np.arange(1, len(event) + 1), 0)
+    last = np.maximum.accumulate(index)
+    return np.concatenate([[1 if was else 0], event.clip(0)])[last] == 1
+
+
+def _evidence(kind: str, f: dict[str, np.ndarray], block: int, t: Thresholds) -> dict[str, float]:
+    """The figures behind a windowed rule at a block end."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if kind == LR_TOO_HIGH:
+            return {"loss_progress": float(f["progress"][block]), "loss_gain": float(f["gain"][block]),
+                    "displacement_cv": float(f["cv"][block]),
+                    "displacement_trend": float(f["m"][block] / f["m_before"][block]), "window": float(t.window)}
+        return {"displacement_fraction": float(f["m"][block] / f["peak"][block]),
+                "grad_fraction": float(f["grad"][block] / f["healthy_grad"][block]),
+                "gain_before": float(f["healthy_gain"][block]), "loss_progress": float(f["progress"][block]),
+                "window": float(t.window)}
+
+
+def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
+    """One actionable sentence from a diagnosis's evidence."""
+    if kind == LR_TOO_HIGH:
+        return (
+            f"Loss made no new low over the last {t.window} steps ({e.get('loss_progress', math.nan):+.1%} against "
+            f"its best) while the displacement stays high and erratic (CV {e.get('displacement_cv', math.nan):.2f}, "
+            f"{e.get('displacement_trend', math.nan):.2f}x the window before): bring the next lr drop forward "
+            f"(step schedule: drop now; exponential or cosine: decay faster)."
+        )
+    if kind == DECAY_TOO_AGGRESSIVE:
+        grad = f" while the gradient kept {e['grad_fraction']:.0%} of its size" if "grad_fraction" in e else ""
+        return (
+            f"Displacement collapsed to {e.get('displacement_fraction', math.nan):.1%} of its peak{grad}, and the "
+            f"loss, improving {e.get('gain_before', math.nan):.1%} per {t.window} steps before, made no new low "
+            f"since ({e.get('loss_progress', math.nan):+.1%}): the lr decayed too fast; restore it or decay more "
+            f"slowly (larger gamma or alpha, fewer or later drops)."
+        )
+    if "nonfinite" in e:
+        what = [n.replace("grad_norm", "gradient norm") for n in ("loss", "displacement", "grad_norm")
+                if f"{n}_nonfinite" in e]
+        named = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else "".join(what) or "values"
+        return (
+            f"Non-finite {named}: training diverged; restart from the last good checkpoint with a lower lr "
+            f"(or clip gradients)."
+        )
+    growth, series = max(((v, k) for k, v in e.items() if k.endswith("_growth")), default=(math.nan, "values"))
+    label = series.removesuffix("_growth").replace("grad", "gradient")
+    return (
+        f"The {label} rose {growth:.1f}x above its running median for {t.diverge_recent} steps: training is "
+        f"diverging; lower the lr now (or clip gradients) before it turns NaN."
+    )
+
+
+def analyze(displacement=None, loss=None, lr=None, steps=None, grad_norm=None, **thresholds) -> Report:
+    """Diagnose one run from its per-step series (see the module docstring for the rules).
+
+    displacement: m_t = ||w_t - w_{t-1}|| per step (>= 0). loss: training loss per step. lr: the lr
+    of the step (>= 0). grad_norm: gradient norm per step (>= 0). All 1-D array-likes of one length,
+    any of them None; NaN/Inf are data. steps: strictly increasing integers (default 0..n-1).
+    thresholds: `Thresholds` and `lrwatch.signature.SignatureParams` fields by name.
+    ValueError names a bad argument; otherwise never raises, whatever the values or length.
+    """
+    return Analyzer(**thresholds).update(displacement, loss=loss, lr=lr, steps=steps, grad_norm=grad_norm).report()

@@ -1,0 +1,322 @@
+"""lrwatch.diagnosis: hand-computed cases, one real tiny training run per rule (plain torch) with the
+counterfactual that makes the flag right, clean runs left alone, the properties (never raises,
+causal, scale-free, chunking-free) and bad input."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.datasets import load_digits
+
+from lrwatch.diagnosis import RULES, Analyzer, Diagnosis, Report, Thresholds, analyze
+
+torch.set_num_threads(1)
+
+SMALL = {"block": 5, "window": 50, "diverge_window": 10, "diverge_hold": 20, "drop_window": 50}
+"""Short windows, so the rules decide within the few hundred steps of a property-test example."""
+
+
+# -- hand-computed cases ----------------------------------------------------------------------------
+def test_flat_loss_with_erratic_displacement_is_lr_too_high_from_the_first_full_window():
+    # loss flat, m alternating 1, 3: within-block CV exactly 0.5, no trend. The first windowed loss
+    # ends at block 9 and is compared from 2 windows (20 blocks) later: the flag starts at sample 299.
+    report = analyze(np.tile([1.0, 3.0], 200), loss=np.ones(400))
+    [d] = report.diagnoses
+    assert (d.kind, d.start, d.end) == ("lr_too_high", 299, None)
+    assert (d.evidence["loss_progress"], d.evidence["displacement_cv"], d.evidence["displacement_trend"]) == (0, 0.5, 1)
+    assert "lr drop forward" in d.message and "CV 0.50" in d.message
+
+
+def test_collapse_of_the_lr_while_the_loss_improves_is_decay_too_aggressive():
+    # m falls 1000x at step 300 while the gradient stays at 1 and the loss, falling linearly until
+    # then, goes flat. The windowed loss is 1 from block 35 (its window's median block is flat), so
+    # the best loss of windows ending 2 windows earlier is 1 from block 55: the flag starts at 559.
+    t = np.arange(600)
+    report = analyze(np.where(t < 300, 1.0, 0.001), loss=np.where(t < 300, 2 - t / 300, 1.0), grad_norm=np.ones(600))
+    [d] = report.diagnoses
+    assert (d.kind, d.start, d.end) == ("decay_too_aggressive", 559, None)
+    assert (d.evidence["displacement_fraction"], d.evidence["grad_fraction"]) == (0.001, 1.0)
+    assert d.evidence["gain_before"] > 0.1
+    # the same collapse with a gradient that shrank with it is the gradient's doing, not the lr's
+    shrinking = analyze(np.where(t < 300, 1.0, 0.001), loss=np.where(t < 300, 2 - t / 300, 1.0),
+                        grad_norm=np.where(t < 300, 1.0, 0.001))
+    assert shrinking.diagnoses == []
+
+
+def test_a_jump_of_the_loss_is_diverging_on_its_third_step():
+    # loss 1 then 10 from step 100: the least of the last 3 values over the median of the 20 before
+    # them is 10 > 4 at step 102.
+    report = analyze(np.ones(150), loss=np.r_[np.ones(100), np.full(50, 10.0)])
+    [d] = report.diagnoses
+    assert (d.kind, d.start, d.end) == ("diverging", 102, None)
+    assert d.evidence["loss_growth"] == 10.0
+
+
+def test_non_finite_values_flag_diverging_for_good():
+    m = np.ones(300)
+    m[120] = np.nan
+    report = analyze(m, loss=np.ones(300))
+    assert [(d.kind, d.start, d.end) for d in report.diagnoses] == [("diverging", 120, None)]
+    assert report.diagnoses[0].evidence == {"nonfinite": 1.0, "displacement_nonfinite": 1.0}
+    assert report.active(119) == [] and report.active(299) == ["diverging"]
+
+
+# -- real tiny training runs ------------------------------------------------------------------------
+@functools.cache
+def _digits(label_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor((x - x.mean(0)) / (x.std(0) + 1e-6), dtype=torch.float32)
+    y = torch.tensor(y)
+    if label_noise:
+        generator = torch.Generator().manual_seed(1)
+        flip = torch.rand(len(y), generator=generator) < label_noise
+        y = torch.where(flip, torch.randint(0, 10, (len(y),), generator=generator), y)
+    return x, y
+
+
+@functools.cache
+def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
+    """SGD on scikit-learn's digits, recording per step the displacement ||w_t - w_{t-1}||, the
+    minibatch loss, the gradient norm and the lr. Runs by name:
+
+    too_high: logistic regression, 30 % noisy labels, lr 2 (the loss wanders on a high noisy floor);
+    too_high_dropped: the same with the lr cut to 0.2 at step 400 (the counterfactual);
+    clean: 64-32-10 tanh MLP, lr 0.05, still improving throughout;
+    collapse: the MLP at lr 0.05 for 300 steps, then the lr times 0.9 per step;
+    diverge: least-squares regression onto one-hot labels, lr 0.02 for 150 steps, then 3 (beyond the
+        stability ceiling: the loss grows geometrically to inf).
+    """
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    lr_at = {
+        "too_high": lambda t: 2.0,
+        "too_high_dropped": lambda t: 2.0 if t < 400 else 0.2,
+        "clean": lambda t: 0.05,
+        "collapse": lambda t: 0.05 if t < 300 else 0.05 * 0.9 ** (t - 300),
+        "diverge": lambda t: 0.02 if t < 150 else 3.0,
+    }[schedule]
+    linear = schedule in ("too_high", "too_high_dropped", "diverge")
+    x, y = _digits(0.3 if schedule.startswith("too_high") else 0.0)
+    model = torch.nn.Linear(64, 10) if linear else torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr_at(0))
+    batch = 16 if schedule.startswith("too_high") else 32
+    record = {name: np.empty(steps) for name in ("displacement", "loss", "grad_norm", "lr")}
+    for t in range(steps):
+        optimizer.param_groups[0]["lr"] = lr_at(t)
+        rows = torch.randint(0, len(y), (batch,), generator=generator)
+        out = model(x[rows])
+        if schedule == "diverge":
+            loss = torch.nn.functional.mse_loss(out, torch.nn.functional.one_hot(y[rows], 10).float())
+        else:
+            loss = torch.nn.functional.cross_entropy(out, y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        before = torch.cat([p.detach().flatten() for p in params])
+        record["grad_norm"][t] = torch.cat([p.grad.flatten() for p in params]).norm().item()
+        optimizer.step()
+        record["displacement"][t] = (torch.cat([p.detach().flatten() for p in params]) - before).norm().item()
+        record["loss"][t], record["lr"][t] = loss.item(), lr_at(t)
+    return record
+
+
+def active_fraction(report: Report, kind: str, steps: range) -> float:
+    return float(np.mean([kind in report.active(s) for s in steps]))
+
+
+def test_lr_too_high_is_flagged_on_a_noisy_plateau_and_dropping_the_lr_helps():
+    run = train("too_high", 1000)
+    report = analyze(**run)
+    assert active_fraction(report, "lr_too_high", range(400, 1000)) > 0.6
+    assert {d.kind for d in report.diagnoses} == {"lr_too_high"}
+    # the counterfactual: the same run with the lr cut at step 400 ends clearly lower
+    dropped = train("too_high_dropped", 1000)
+    assert np.median(dropped["loss"][700:]) < 0.7 * np.median(run["loss"][700:])
+    # without the loss there is no way to tell a plateau: never flagged
+    assert analyze(run["displacement"], lr=run["lr"]).diagnoses == []
+
+
+@pytest.mark.parametrize("gradient", ["grad_norm", "lr", "neither"])
+def test_decay_too_aggressive_is_flagged_after_an_early_collapse_and_restoring_helps(gradient):
+    run = train("collapse", 800)
+    given = {k: run[k] for k in ("displacement", "loss") + ((gradient,) if gradient != "neither" else ())}
+    report = analyze(**given)
+    starts = [d.start for d in report.diagnoses if d.kind == "decay_too_aggressive"]
+    assert starts and 300 < starts[0] <= 720
+    assert active_fraction(report, "decay_too_aggressive", range(720, 800)) == 1.0
+    assert "lr_too_high" not in {d.kind for d in report.diagnoses}
+    # the counterfactual: keeping the lr (the clean run) ends clearly lower
+    assert np.median(train("clean", 800)["loss"][600:]) < 0.7 * np.median(run["loss"][600:])
+
+
+def test_a_diverging_run_is_flagged_before_its_first_non_finite_value():
+    run = train("diverge", 300)
+    first_bad = int(np.flatnonzero(~np.isfinite(run["loss"]) | ~np.isfinite(run["displacement"]))[0])
+    for given in (run, {"loss": run["loss"]}, {"displacement": run["displacement"]}):
+        report = analyze(**given)
+        [start] = [d.start for d in report.diagnoses if d.kind == "diverging"]
+        assert 150 < start < first_bad
+        assert all("diverging" in report.active(s) for s in range(start, 300))
+
+
+def test_a_clean_improving_run_is_not_flagged():
+    assert analyze(**train("clean", 800)).diagnoses == []
+
+
+# -- properties ---------------------------------------------------------------------------------------
+def run_like(seed: int, n: int = 400) -> dict[str, np.ndarray]:
+    """A synthetic run that trips the rules: noisy displacement under a step or exponential lr, a loss
+    that improves then may plateau; some runs collapse the lr early, some diverge to inf."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    lr = 0.1 * (0.3 ** (t // rng.integers(100, 300)) if rng.random() < 0.5 else rng.uniform(0.99, 1.0) ** t)
+    event = rng.integers(0, 3)
+    at = int(rng.integers(100, 300))
+    if event == 1:  # the lr collapses while the loss improves
+        lr = np.where(t < at, lr, lr * 1e-3)
+    grad = rng.lognormal(0, rng.uniform(0.1, 0.6), n) * np.exp(-t / rng.uniform(200, 2000))
+    loss = 0.5 + np.exp(-np.minimum(t, at if event == 1 else n) / rng.uniform(50, 400))
+    loss = loss * rng.lognormal(0, rng.uniform(0.01, 0.3), n)
+    if event == 2:  # divergence: geometric growth, then inf
+        growth = np.where(t < at, 1.0, rng.uniform(1.2, 3.0) ** np.minimum(t - at, 800).clip(0))
+        grad, loss = grad * growth, loss * growth**2
+    return {"displacement": lr * grad, "loss": loss, "lr": lr, "grad_norm": grad}
+
+
+def test_the_property_runs_trip_every_rule():
+    """The properties below are not vacuous: their runs do raise each kind of diagnosis."""
+    kinds = {d.kind for seed in range(30) for d in analyze(**run_like(seed), **SMALL).diagnoses}
+    assert kinds == set(RULES)
+
+
+def triples(report: Report) -> list[tuple]:
+    return [(d.kind, d.start, d.end) for d in report.diagnoses]
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10**6), cuts=st.lists(st.integers(1, 399), max_size=30), small=st.booleans())
+def test_any_chunking_gives_the_same_report(seed, cuts, small):
+    run, thresholds = run_like(seed), SMALL if small else {}
+    analyzer = Analyzer(**thresholds)
+    bounds = [0, *sorted(set(cuts)), 400]
+    for a, b in zip(bounds, bounds[1:]):
+        assert analyzer.update(**{k: v[a:b] for k, v in run.items()}) is analyzer
+    assert analyzer.report() == analyze(**run, **thresholds)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), cut=st.integers(0, 399))
+def test_decisions_are_causal(seed, cut):
+    run = run_like(seed)
+    full = analyze(**run, **SMALL)
+    part = analyze(**{k: v[: cut + 1] for k, v in run.items()}, **SMALL)
+    for s in range(cut + 1):
+        assert part.active(s) == full.active(s)
+    early = [d for d in full.diagnoses if d.start <= cut]
+    assert [(d.kind, d.start, d.message, d.evidence) for d in part.diagnoses] == [
+        (d.kind, d.start, d.message, d.evidence) for d in early
+    ]
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10**6), power=st.integers(-30, 30), factor=st.floats(1e-6, 1e6))
+def test_scaling_the_displacement_changes_nothing(seed, power, factor):
+    run = run_like(seed)
+    base = analyze(**run, **SMALL)
+    exact = analyze(**{**run, "displacement": run["displacement"] * 2.0**power}, **SMALL)
+    assert exact.diagnoses == base.diagnoses  # powers of two scale without rounding: equal to the bit
+    assert (exact.schedule.kind, exact.schedule.drops) == (base.schedule.kind, base.schedule.drops)
+    scaled = analyze(**{**run, "displacement": run["displacement"] * factor}, **SMALL)
+    assert triples(scaled) == triples(base)
+
+
+values = st.one_of(st.floats(allow_infinity=True), st.just(float("nan")))
+nonnegative = st.one_of(st.floats(min_value=0, allow_infinity=True), st.just(float("nan")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), n=st.integers(0, 120), small=st.booleans())
+def test_never_raises_on_any_values(data, n, small):
+    series = {
+        "displacement": data.draw(st.lists(nonnegative, min_size=n, max_size=n)),
+        "loss": data.draw(st.none() | st.lists(values, min_size=n, max_size=n)),
+        "lr": data.draw(st.none() | st.lists(nonnegative, min_size=n, max_size=n)),
+        "grad_norm": data.draw(st.none() | st.lists(nonnegative, min_size=n, max_size=n)),
+    }
+    report = analyze(**series, **({"block": 2, "window": 4, "diverge_window": 2, "drop_window": 4} if small else {}))
+    assert report.n_steps == n
+    json.dumps(report.to_dict(), allow_nan=False)
+    for d in report.diagnoses:
+        assert d.kind in RULES and 0 <= d.start < max(n, 1) and (d.end is None or d.start <= d.end < n)
+
+
+# -- streaming, output, bad input ------------------------------------------------------------------
+def test_steps_continue_across_updates_and_missing_series_are_gaps():
+    analyzer = Analyzer()
+    analyzer.update(np.ones(60), loss=np.ones(60), steps=np.arange(0, 600, 10))
+    analyzer.update(np.ones(40))  # no loss in this chunk, steps continue after 590
+    analyzer.update([], loss=[])
+    analyzer.update(np.full(30, np.nan), loss=np.ones(30))
+    report = analyzer.report()
+    assert report.n_steps == 130
+    assert triples(report) == [("diverging", 631, None)]  # 591..630 continue after 590
+    with pytest.raises(ValueError, match="steps"):
+        analyzer.update([1.0], steps=[5])  # not after the last step seen
+
+
+def test_the_state_stays_bounded_over_a_long_stream():
+    """Amortized O(1): after 50k steps in chunks of 50 the analyzer is no bigger than after 5k."""
+    rng = np.random.default_rng(0)
+    analyzer, sizes = Analyzer(), []
+    for chunk in range(1000):
+        m = rng.lognormal(0, 0.4, 50)
+        analyzer.update(m, loss=1 + np.exp(-(chunk * 50 + np.arange(50)) / 1e4), lr=np.full(50, 0.1), grad_norm=m / 0.1)
+        if chunk in (99, 999):
+            sizes.append(len(pickle.dumps(analyzer)))
+    assert analyzer.report().n_steps == 50_000
+    assert sizes[1] <= 1.05 * sizes[0]
+
+
+def test_report_and_diagnosis_are_plain_json():
+    report = analyze(**train("diverge", 300))
+    blob = report.to_dict()
+    assert json.loads(json.dumps(blob, allow_nan=False)) == blob
+    assert blob["n_steps"] == 300 and blob["schedule"]["kind"] == "other"
+    odd = Diagnosis("diverging", 3, None, "x", {"growth": float("nan"), "nonfinite": 1.0})
+    assert odd.to_dict() == {"kind": "diverging", "start": 3, "end": None, "message": "x",
+                             "evidence": {"growth": None, "nonfinite": 1.0}}
+
+
+def test_thresholds_are_adjustable_by_name():
+    flat = {"displacement": np.tile([1.0, 3.0], 200), "loss": np.ones(400)}
+    assert triples(analyze(**flat, erratic_cv=0.6)) == []  # CV 0.5 is no longer erratic
+    assert triples(analyze(**flat, window=50)) == [("lr_too_high", 149, None)]
+    assert triples(analyze(**flat, stall_windows=1)) == [("lr_too_high", 199, None)]
+    assert Thresholds().window == 100
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"displacement": [[0.1, 0.2]]}, "displacement"), ({"displacement": [0.1, -0.2]}, "displacement"),
+     ({"displacement": [0.1, 0.2], "loss": [1.0]}, "loss"), ({"displacement": [0.1], "lr": [-0.1]}, "lr"),
+     ({"displacement": [0.1], "grad_norm": [-1.0]}, "grad_norm"), ({"displacement": None}, "displacement"),
+     ({"displacement": [0.1, 0.2], "steps": [2, 1]}, "steps"), ({"displacement": [0.1], "steps": [1.5]}, "steps"),
+     ({"displacement": [0.1, 0.2], "steps": [1, 2, 3]}, "steps"), ({"loss": np.ones((3, 2))}, "loss"),
+     ({"displacement": [0.1], "window": 95}, "window"), ({"displacement": [0.1], "block": True}, "block"),
+     ({"displacement": [0.1], "resume_gain": -1.0}, "resume_gain"),
+     ({"displacement": [0.1], "collapse_fraction": 0.9}, "collapse_fraction"),
+     ({"displacement": [0.1], "diverge_factor": 0.0}, "diverge_factor"),
+     ({"displacement": [0.1], "erratic_cv": "high"}, "erratic_cv"),
+     ({"displacement": [0.1], "drop_rank": 2.0}, "drop_rank"), ({"displacement": [0.1], "windw": 100}, "windw")],
+)
+def test_bad_input_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        analyze(**kwargs)
