@@ -97,6 +97,13 @@ def test_every_n_steps_measures_only_those_steps():
     _assert_close(displacement, reference.displacements()[::3], "displacement")
 
 
+def test_keep_records_bounds_the_host_copy_but_not_the_analysis():
+    trainer, logger, _, watch = _fit(DigitsMLP("sgd"), max_steps=30, watch_kwargs={"keep_records": 10})
+    records = watch.records()
+    assert 10 <= len(records) < 10 + 7 and records.steps[-1] == 30  # whole chunks of 7 are dropped, oldest first
+    assert len(logger.series("lrwatch/displacement")[0]) == 30 and watch.report.n_steps == 30
+
+
 def test_report_equals_offline_analyze_of_the_logged_arrays():
     trainer, logger, _, watch = _fit(DigitsMLP("sgd", lr=0.5, scheduler="step"), max_steps=40)
     records = watch.records()
@@ -143,7 +150,7 @@ def test_no_optimizer_warns_and_does_not_crash():
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),
-     ({"thresholds": "high"}, "thresholds")],
+     ({"thresholds": "high"}, "thresholds"), ({"keep_records": 0}, "keep_records")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -80,6 +80,8 @@ class LRWatch(Callback):
         log: write to the trainer's loggers (``False``: measure and diagnose only, as `EarlyStepDrop`
             does when it has no LRWatch to share).
         thresholds: keyword thresholds passed to `lrwatch.diagnosis.Analyzer`.
+        keep_records: measured steps kept on the host for `records` (oldest chunks dropped first;
+            about 50 bytes a step). The logger has them all; the analysis needs none of them.
 
     After (or during) fit, ``reports`` maps optimizer name to its `Report` and ``report`` is the
     first optimizer's; ``records(name)`` gives every measured step as host arrays.
@@ -93,8 +95,9 @@ class LRWatch(Callback):
         warn: bool = True,
         log: bool = True,
         thresholds: dict | None = None,
+        keep_records: int = 1_000_000,
     ) -> None:
-        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps)):
+        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps), ("keep_records", keep_records)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if thresholds is not None and not isinstance(thresholds, dict):
@@ -105,6 +108,7 @@ class LRWatch(Callback):
         self.warn = bool(warn)
         self.log = bool(log)
         self.thresholds = dict(thresholds or {})
+        self.keep_records = keep_records
         Analyzer(**self.thresholds)  # unknown or invalid thresholds fail here, not mid-training
         self._watched: list[_Watched] = []
         self._loss_sum: torch.Tensor | None = None
@@ -212,6 +216,8 @@ class LRWatch(Callback):
             if not len(chunk):
                 continue
             w.records.append(chunk)
+            while sum(map(len, w.records)) - len(w.records[0]) >= self.keep_records:
+                w.records.pop(0)
             # A chunk with steps that got no loss (e.g. training_step returned None) is analysed without
             # it: an unassigned NaN is not data, and the analyzer would read it as divergence.
             loss = chunk.loss if chunk.loss_assigned.all() else None
