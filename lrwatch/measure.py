@@ -12,7 +12,8 @@ Per measured step it records, into a device ring buffer:
   contribute exactly zero, so this equals the norm over the updated ones);
 - ``grad_norm``: ||g||₂ over the gradients present when the step ran (after unscaling and
   clipping, i.e. the gradient the update used);
-- ``lr`` of every param group (the lr the update used);
+- ``lr`` of every param group (the lr the update used), and its ``weight_decay`` (host side);
+- ``group_displacement``: m_t restricted to each param group's parameters;
 - ``loss``: whatever the adapter assigns with `assign_loss` right after the step (NaN, and
   ``loss_assigned`` False, when none was).
 
@@ -53,6 +54,8 @@ class StepRecords:
         grad_norm: float64 (n,), gradient L2 norm.
         loss: float64 (n,), assigned loss, NaN where none was assigned.
         lr: float64 (n, n_groups), lr of every param group.
+        group_displacement: float64 (n, n_groups), displacement of each group's parameters.
+        weight_decay: float64 (n, n_groups), each group's ``weight_decay`` (0 where it has none).
         loss_assigned: bool (n,), whether a loss was assigned (a NaN loss that was assigned is data).
     """
 
@@ -61,6 +64,8 @@ class StepRecords:
     grad_norm: np.ndarray
     loss: np.ndarray
     lr: np.ndarray
+    group_displacement: np.ndarray
+    weight_decay: np.ndarray
     loss_assigned: np.ndarray
 
     @staticmethod
@@ -68,23 +73,25 @@ class StepRecords:
         """Join chunks in order; an empty list gives empty arrays of the right shapes."""
         if not chunks:
             empty = np.empty(0)
-            return StepRecords(np.empty(0, np.int64), empty, empty, empty, np.empty((0, n_groups)), np.empty(0, bool))
+            per_group = np.empty((0, n_groups))
+            return StepRecords(np.empty(0, np.int64), empty, empty, empty, per_group, per_group, per_group, np.empty(0, bool))
         return StepRecords(*(np.concatenate([getattr(c, f.name) for c in chunks]) for f in fields(StepRecords)))
 
     def __len__(self) -> int:
         return len(self.steps)
 
 
-def _trainable_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Trainable parameters of the optimizer, each once, in param-group order."""
+def _trainable_params(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[int]]:
+    """Trainable parameters of the optimizer, each once, in param-group order, and each one's group."""
     seen: set[int] = set()
-    params = []
-    for group in optimizer.param_groups:
+    params, groups = [], []
+    for index, group in enumerate(optimizer.param_groups):
         for p in group["params"]:
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
-    return params
+                groups.append(index)
+    return params, groups
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -129,7 +136,7 @@ class StepMeter:
             dist.group.WORLD if process_group is True else process_group
         )
 
-        self.params = _trainable_params(optimizer)
+        self.params, param_groups = _trainable_params(optimizer)
         locals_ = [_local(p) for p in self.params]
         device = locals_[0].device if locals_ else torch.device("cpu")
         # float64 accumulation wherever the backend has it (MPS does not).
@@ -138,10 +145,13 @@ class StepMeter:
             torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
             for p in locals_
         ]
-        n_columns = _FIRST_LR_COLUMN + self.n_groups
+        self._param_group = torch.tensor(param_groups, dtype=torch.long, device=device)
+        self._first_group_column = _FIRST_LR_COLUMN + self.n_groups
+        n_columns = self._first_group_column + self.n_groups
         self._ring = torch.full((flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
         self._ring_steps = np.zeros(flush_every, np.int64)
         self._ring_loss_assigned = np.zeros(flush_every, bool)
+        self._ring_weight_decay = np.zeros((flush_every, self.n_groups))
         pinned = device.type == "cuda"
         self._host = torch.empty((flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
         self._copy_done = torch.cuda.Event() if pinned else None
@@ -186,19 +196,19 @@ class StepMeter:
         self._armed = False
         locals_ = [_local(p.detach()) for p in self.params]
         torch._foreach_sub_(self._snapshots, locals_)  # now w_{t-1} - w_t, in place: no new memory
-        squares = torch.stack(
-            [
-                self._square_sum(self._snapshots),
-                self._grad_square_sum(locals_[0].device),
-            ]
-        )
+        group_squares = torch.zeros(self.n_groups, dtype=self._acc_dtype, device=self._param_group.device)
+        group_squares.index_add_(0, self._param_group, self._squares(self._snapshots))
+        squares = torch.cat([group_squares.sum().view(1), self._grad_square_sum(locals_[0].device).view(1), group_squares])
         if self._group is not None:
             dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=self._group)
+        roots = squares.sqrt()
         row = self._ring[self._fill]
-        row[DISPLACEMENT : GRAD_NORM + 1].copy_(squares.sqrt())
+        row[DISPLACEMENT : GRAD_NORM + 1].copy_(roots[:2])
+        row[self._first_group_column :].copy_(roots[2:])
         row[LOSS].fill_(float("nan"))
         for j, group in enumerate(self.optimizer.param_groups):
             row[_FIRST_LR_COLUMN + j].fill_(group["lr"])  # a float or a 0-d tensor: no host sync either way
+            self._ring_weight_decay[self._fill, j] = group.get("weight_decay", 0.0)
         self.steps_measured += 1
         self._ring_steps[self._fill] = self._clock() if self._clock is not None else self.steps_taken
         self._ring_loss_assigned[self._fill] = False
@@ -209,14 +219,14 @@ class StepMeter:
         grads = [_local(p.grad.detach()) for p in self.params if p.grad is not None]
         if not grads:
             return torch.zeros((), dtype=self._acc_dtype, device=device)
-        return self._square_sum(grads)
+        return self._squares(grads).sum()
 
-    def _square_sum(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """Σ‖x‖² over the tensors: per-tensor norms in (at least) float32, their squares summed in
-        the accumulation dtype. Asking ``_foreach_norm`` for float64 directly costs ~15x on CPU."""
+    def _squares(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """‖x‖² of each tensor, shape (len(tensors),): norms in (at least) float32, squared in the
+        accumulation dtype. Asking ``_foreach_norm`` for float64 directly costs ~15x on CPU."""
         norms = torch._foreach_norm(tensors, 2, dtype=torch.float32) if any(
             t.dtype not in (torch.float32, torch.float64) for t in tensors) else torch._foreach_norm(tensors, 2)
-        return torch.stack([n.to(self._acc_dtype) for n in norms]).square().sum()
+        return torch.stack([n.to(self._acc_dtype) for n in norms]).square()
 
     # -- loss ------------------------------------------------------------------------------------
     def assign_loss(self, loss: torch.Tensor | float) -> None:
@@ -238,7 +248,7 @@ class StepMeter:
         self._host.copy_(self._ring, non_blocking=True)
         if self._copy_done is not None:
             self._copy_done.record()
-        self._pending = (self._fill, self._ring_steps[: self._fill].copy(), self._ring_loss_assigned[: self._fill].copy())
+        self._pending = (self._fill, *self._host_columns())
         self._fill = 0
 
     def _collect_pending(self) -> None:
@@ -246,18 +256,25 @@ class StepMeter:
             return
         if self._copy_done is not None:
             self._copy_done.synchronize()
-        rows, steps, assigned = self._pending
-        self._completed.append(self._records(self._host[:rows].double().numpy().copy(), steps, assigned))
+        rows, *host_columns = self._pending
+        self._completed.append(self._records(self._host[:rows].double().numpy().copy(), *host_columns))
         self._pending = None
 
-    @staticmethod
-    def _records(values: np.ndarray, steps: np.ndarray, loss_assigned: np.ndarray) -> StepRecords:
+    def _host_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the host-side columns of the filled rows: steps, loss_assigned, weight_decay."""
+        rows = slice(0, self._fill)
+        return self._ring_steps[rows].copy(), self._ring_loss_assigned[rows].copy(), self._ring_weight_decay[rows].copy()
+
+    def _records(self, values: np.ndarray, steps: np.ndarray, loss_assigned: np.ndarray,
+                 weight_decay: np.ndarray) -> StepRecords:
         return StepRecords(
             steps=steps,
             displacement=values[:, DISPLACEMENT],
             grad_norm=values[:, GRAD_NORM],
             loss=values[:, LOSS],
-            lr=values[:, _FIRST_LR_COLUMN:],
+            lr=values[:, _FIRST_LR_COLUMN : self._first_group_column],
+            group_displacement=values[:, self._first_group_column :],
+            weight_decay=weight_decay,
             loss_assigned=loss_assigned,
         )
 
@@ -274,10 +291,6 @@ class StepMeter:
         at the end of training, not in the step loop."""
         self._collect_pending()
         if self._fill:
-            self._completed.append(self._records(
-                self._ring[: self._fill].cpu().double().numpy(),
-                self._ring_steps[: self._fill].copy(),
-                self._ring_loss_assigned[: self._fill].copy(),
-            ))
+            self._completed.append(self._records(self._ring[: self._fill].cpu().double().numpy(), *self._host_columns()))
             self._fill = 0
         return self.drain()

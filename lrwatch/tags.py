@@ -15,6 +15,10 @@ SHARPNESS = f"{PREFIX}/sharpness"
 STABILITY_CEILING = f"{PREFIX}/stability_ceiling"
 SHARPNESS_RATIO = f"{PREFIX}/sharpness_ratio"
 NEGATIVE_CURVATURE = f"{PREFIX}/negative_curvature"
+MOMENTUM_TRANSIENT = f"{PREFIX}/momentum_transient"
+ADAM_STEP_PER_LR = f"{PREFIX}/adam/step_per_lr"
+ADAM_BIAS_FACTOR = f"{PREFIX}/adam/bias_factor"
+EFFECTIVE_DECAY = f"{PREFIX}/adamw/effective_decay"
 
 
 def lr_tag(optimizer: str, group: int | None = None, group_name: str | None = None) -> str:

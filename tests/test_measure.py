@@ -283,3 +283,25 @@ def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(
             np.testing.assert_allclose(results[rank], expected, rtol=1e-5)
         else:  # each rank alone sees only its shard's part of the displacement
             assert np.all(np.asarray(results[rank]) < expected * (1 - 1e-3))
+
+
+def test_per_group_displacement_and_weight_decay():
+    model = _model()
+    body, head = list(model[0].parameters()), list(model[2].parameters())
+    optimizer = torch.optim.AdamW([{"params": body, "weight_decay": 0.1}, {"params": head, "lr": 3e-3}], lr=1e-2)
+    meter = StepMeter(optimizer, flush_every=3).attach()
+    generator = torch.Generator().manual_seed(2)
+    expected = []
+    for _ in range(5):
+        loss = model(torch.randn(32, 6, generator=generator)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        before = [torch.cat([p.detach().double().flatten() for p in ps]) for ps in (body, head)]
+        optimizer.step()
+        after = [torch.cat([p.detach().double().flatten() for p in ps]) for ps in (body, head)]
+        expected.append([float((a - b).norm()) for a, b in zip(after, before)])
+    records = meter.finish()
+    np.testing.assert_allclose(records.group_displacement, expected, rtol=1e-5)
+    np.testing.assert_allclose(np.hypot(*records.group_displacement.T), records.displacement, rtol=1e-12)
+    np.testing.assert_array_equal(records.weight_decay, [[0.1, 0.01]] * 5)  # AdamW's default 1e-2 for the head
+    np.testing.assert_array_equal(records.lr, [[1e-2, 3e-3]] * 5)

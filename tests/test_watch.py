@@ -160,3 +160,27 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
 def test_unknown_option_raises():
     with pytest.raises(TypeError):
         lrwatch.LRWatch(flush_evry=5)
+
+
+def test_optimizer_interaction_monitors_with_adamw_and_step_drops():
+    class AdamWSteps(DigitsMLP):
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.05)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=12, gamma=0.2)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    trainer, logger, reference, watch = _fit(AdamWSteps(), max_steps=30)
+    lr = 0.01 * 0.2 ** (np.arange(30) // 12)
+    _assert_close(logger.series("lrwatch/adamw/effective_decay/pg0")[1], lr * 0.05, "effective decay")
+    _assert_close(logger.series("lrwatch/adam/step_per_lr/pg0")[1], reference.displacements() / lr, "step per lr")
+    t = np.arange(1, 31)
+    _assert_close(logger.series("lrwatch/adam/bias_factor")[1], (1 - 0.9**t) / np.sqrt(1 - 0.999**t), "bias factor")
+    # Two drops (updates 13 and 25); each transient is m after over gamma * median m of the 5 before.
+    m = reference.displacements()
+    expected = [(i + 1, m[i] / (0.2 * np.median(m[i - 5:i]))) for i in (12, 24)]
+    assert [s for s, _ in watch.transients()] == [13, 25]
+    np.testing.assert_allclose([r for _, r in watch.transients()], [r for _, r in expected], rtol=RTOL)
+    assert logger.series("lrwatch/momentum_transient")[0].tolist() == [13, 25]
+    # lr*wd fell 25x by the second drop with wd unchanged: weight_decay_faded from step 25 on.
+    steps, flags = logger.series("lrwatch/diagnosis/weight_decay_faded")
+    np.testing.assert_array_equal(flags, (steps >= 25).astype(float))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import pickle
 from dataclasses import asdict, dataclass
 
-import numpy as np
 
 from lrwatch import schedule_control as control
 from lrwatch import tags
@@ -29,8 +28,6 @@ from lrwatch.diagnosis import Report
 MOMENTUM_MODES = ("keep", "reset", "damp")
 DROP_RATIO = 0.9
 """An lr that falls below this fraction of its previous value in one step counts as a drop."""
-TRANSIENT_BASELINE_STEPS = 5
-"""Measured steps before a drop whose median displacement is the transient's baseline."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +101,12 @@ class EarlyStepDrop(Callback):
         self._own_watch = LRWatch(**{"warn": False, "log": False, **(watch or {})})  # validates `watch` now
 
         self.actions: list[Action] = []
-        self.transients: list[tuple[int, float]] = []  # (step, m after the drop / (γ · m before))
+        self._transients_logged = 0
         self._drops_taken = 0
         self._held_steps = 0
         self._holding = False
         self._last_drop_step: int | None = None
         self._wd_base: list[tuple[float, float]] | None = None
-        self._pending_transients: list[tuple[int, float]] = []
         self._damping: control.MomentumDamping | None = None
         self._lrs_before: list[float] = []
         self._watch: LRWatch | None = None
@@ -209,12 +205,12 @@ class EarlyStepDrop(Callback):
                 self._apply(trainer, decision, step)
         if self._wd_base is not None:
             control.couple_weight_decay(self._optimizer, self._wd_base)
-        self._measure_transients(trainer)
+        self._log_transients(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._watch is self._own_watch:
             self._own_watch.on_train_end(trainer, pl_module)
-        self._measure_transients(trainer)
+        self._log_transients(trainer)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         self._own_watch.teardown(trainer, pl_module, stage)
@@ -253,32 +249,26 @@ class EarlyStepDrop(Callback):
         after = [g["lr"] for g in self._optimizer.param_groups]
         if not before or not all(b > 0 and a < DROP_RATIO * b for a, b in zip(after, before)):
             return
-        ratio = after[0] / before[0]
-        self._pending_transients.append((step, ratio))
         if self.momentum == "reset":
             control.reset_momentum(self._optimizer)
         elif self.momentum == "damp":
             self._damping = control.MomentumDamping(self.damp_beta, self.damp_steps)
             self._damping.apply(self._optimizer)
 
-    def _measure_transients(self, trainer) -> None:
-        """m right after each drop against γ·m before it (1 = no overshoot), once the data are in."""
-        if not self._pending_transients or self._watch is None:
-            return
-        last = self._last_analyzed()
-        ready = [p for p in self._pending_transients if last is not None and last > p[0]]
-        if not ready:
-            return
-        records = self._watch.records(self._watch.names()[self.optimizer_index])
-        for drop_step, gamma in ready:
-            self._pending_transients.remove((drop_step, gamma))
-            before = records.displacement[(records.steps <= drop_step)][-TRANSIENT_BASELINE_STEPS:]
-            after = records.displacement[records.steps > drop_step][:1]
-            if len(before) and len(after) and np.median(before) > 0:
-                ratio = float(after[0] / (gamma * np.median(before)))
-                self.transients.append((drop_step + 1, ratio))
-                if trainer.is_global_zero:
-                    self._log(trainer, {tags.action_tag("momentum_transient"): ratio}, drop_step + 1)
+    @property
+    def transients(self) -> list[tuple[int, float]]:
+        """(step, m after each lr drop / (γ · m before)): 1 = no overshoot; see `lrwatch.interactions`."""
+        if self._watch is None or self._optimizer is None:
+            return []
+        return self._watch.transients(self._watch.names()[self.optimizer_index])
+
+    def _log_transients(self, trainer) -> None:
+        """With its private (non-logging) LRWatch, log the transients here, so they are seen."""
+        transients = self.transients
+        if self._watch is self._own_watch and trainer.is_global_zero:
+            for step, ratio in transients[self._transients_logged:]:
+                self._log(trainer, {tags.MOMENTUM_TRANSIENT: ratio}, step)
+        self._transients_logged = len(transients)
 
     @staticmethod
     def _log(trainer, metrics: dict[str, float], step: int) -> None:

@@ -7,15 +7,17 @@ Thin glue between Lightning and the engine: `StepMeter` measures (torch, on the 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lrwatch import tags
 from lrwatch._lightning import Callback, rank_zero_warn
-from lrwatch.diagnosis import Analyzer, Report
+from lrwatch.diagnosis import Analyzer, Diagnosis, Report
+from lrwatch.interactions import BASELINE_STEPS, WeightDecayFade, adam_bias_factor, momentum_transients
 from lrwatch.measure import StepMeter, StepRecords
+from lrwatch.schedule_control import decoupled_weight_decay
 from lrwatch.tensorboard import custom_scalars_layout, diagnoses_markdown, write_layout
 
 
@@ -29,8 +31,13 @@ class _Watched:
     series_suffix: str | None
     analyzer: Analyzer
     records: list[StepRecords]
+    group_names: list[str]
+    adam_betas: tuple[float, float] | None  # Adam-family optimizers: (beta1, beta2) of group 0
+    weight_decay: WeightDecayFade | None  # decoupled weight decay (AdamW): the fade rule
     steps_at_last_batch_end: int = 0
     summarized: tuple = ()  # the diagnoses as last written to the text summary
+    transients: list[tuple[int, float]] = field(default_factory=list)
+    tail: StepRecords | None = None  # the last BASELINE_STEPS measured rows, for transients across chunks
 
 
 def optimizer_names(optimizers: list[torch.optim.Optimizer]) -> list[str]:
@@ -50,6 +57,15 @@ def _lr_tags(name: str, optimizer: torch.optim.Optimizer) -> list[str]:
     return [tags.lr_tag(name, i, g.get("name")) for i, g in enumerate(groups)]
 
 
+def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    return [g.get("name") or f"pg{i}" for i, g in enumerate(optimizer.param_groups)]
+
+
+def _adam_betas(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None:
+    betas = optimizer.param_groups[0].get("betas") if optimizer.param_groups else None
+    return (float(betas[0]), float(betas[1])) if betas is not None else None
+
+
 def _is_sharded(trainer) -> bool:
     """FSDP (``FSDPStrategy``) and FSDP2 (``ModelParallelStrategy``) shard parameters across ranks:
     norms must then be all-reduced over all ranks before the square root. Hybrid sharding, which
@@ -61,6 +77,15 @@ def _is_sharded(trainer) -> bool:
 def _batch_loss(outputs) -> torch.Tensor | None:
     loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
     return loss.detach() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+def _active_flags(diagnoses: list[Diagnosis], steps: np.ndarray) -> dict[str, np.ndarray]:
+    """1.0 where a diagnosis of each kind is active at each step, else 0.0; shape of steps per kind."""
+    flags: dict[str, np.ndarray] = {}
+    for d in diagnoses:
+        active = flags.setdefault(d.kind, np.zeros(len(steps)))
+        active[(steps >= d.start) & (steps <= (np.inf if d.end is None else d.end))] = 1.0
+    return dict(sorted(flags.items()))
 
 
 class LRWatch(Callback):
@@ -131,6 +156,10 @@ class LRWatch(Callback):
         """Names of the watched optimizers, in ``trainer.optimizers`` order."""
         return [w.name for w in self._watched]
 
+    def transients(self, name: str | None = None) -> list[tuple[int, float]]:
+        """(step, m after an lr drop / (γ · m before)) for every drop so far of optimizer ``name``."""
+        return list(self._find(name).transients)
+
     def last_step(self) -> int | None:
         """The last step that has reached the analysis (data arrive one to two flushes late)."""
         steps = [int(w.records[-1].steps[-1]) for w in self._watched if w.records]
@@ -169,7 +198,8 @@ class LRWatch(Callback):
                 rank_zero_warn(f"LRWatch: optimizer {name} has no trainable parameters; nothing will be measured.")
             self._watched.append(
                 _Watched(name, meter.attach(), _lr_tags(name, opt), name if several else None,
-                         Analyzer(**self.thresholds), [])
+                         Analyzer(**self.thresholds), [], _group_names(opt), _adam_betas(opt),
+                         WeightDecayFade() if decoupled_weight_decay(opt) else None)
             )
         if self._restored is not None:
             for w in self._watched:
@@ -224,36 +254,56 @@ class LRWatch(Callback):
             if self.diagnose:
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
                                   grad_norm=chunk.grad_norm)
+            new_transients = self._track_interactions(w, chunk)
             if trainer.is_global_zero and self.log:
                 report = w.analyzer.report() if self.diagnose else None
-                self._log_chunk(trainer, w, chunk, loss is not None, report)
+                self._log_chunk(trainer, w, chunk, loss is not None, report, new_transients)
                 if report is not None:
                     self._announce(trainer, w, report, int(chunk.steps[-1]))
+
+    def _track_interactions(self, w: _Watched, chunk: StepRecords) -> list[tuple[int, float]]:
+        """Momentum transients at lr drops (across chunk boundaries) and the weight-decay fade rule."""
+        joined = StepRecords.concatenate([w.tail, chunk] if w.tail is not None else [chunk], w.meter.n_groups)
+        found = [t for t in momentum_transients(joined.steps, joined.displacement, joined.lr[:, 0])
+                 if t[0] >= chunk.steps[0]]
+        w.transients.extend(found)
+        w.tail = StepRecords(*(getattr(joined, f)[-BASELINE_STEPS:] for f in StepRecords.__dataclass_fields__))
+        if w.weight_decay is not None:
+            w.weight_decay.update(chunk.steps, chunk.lr, chunk.weight_decay)
+        return found
 
     @staticmethod
     def _log(trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def _log_chunk(self, trainer, w: _Watched, chunk: StepRecords, has_loss: bool, report: Report | None) -> None:
+    def _log_chunk(self, trainer, w: _Watched, chunk: StepRecords, has_loss: bool, report: Report | None,
+                   transients: list[tuple[int, float]]) -> None:
         """One log_metrics call per step, steps increasing. Diagnosis flags are per step too: the
         analysis is causal, so once a chunk is analysed its steps' flags are final."""
+        suffix = w.series_suffix
         series = {
-            tags.series_tag(tags.DISPLACEMENT, w.series_suffix): chunk.displacement,
-            tags.series_tag(tags.GRAD_NORM, w.series_suffix): chunk.grad_norm,
+            tags.series_tag(tags.DISPLACEMENT, suffix): chunk.displacement,
+            tags.series_tag(tags.GRAD_NORM, suffix): chunk.grad_norm,
             **dict(zip(w.lr_tags, chunk.lr.T)),
         }
         if has_loss:
-            series[tags.series_tag(tags.LOSS, w.series_suffix)] = chunk.loss
-        for kind in sorted({d.kind for d in report.diagnoses}) if report is not None else ():
-            spans = [(d.start, np.inf if d.end is None else d.end) for d in report.diagnoses if d.kind == kind]
-            active = np.zeros(len(chunk), bool)
-            for start, end in spans:
-                active |= (chunk.steps >= start) & (chunk.steps <= end)
-            series[tags.series_tag(tags.diagnosis_tag(kind), w.series_suffix)] = active.astype(float)
+            series[tags.series_tag(tags.LOSS, suffix)] = chunk.loss
+        if w.adam_betas is not None:
+            for g, name in enumerate(w.group_names):
+                series[tags.series_tag(f"{tags.ADAM_STEP_PER_LR}/{name}", suffix)] = chunk.group_displacement[:, g] / chunk.lr[:, g]
+            if w.series_suffix is None:  # t = the optimizer's own step count = global step with one optimizer
+                series[tags.ADAM_BIAS_FACTOR] = adam_bias_factor(chunk.steps, *w.adam_betas)
+        if w.weight_decay is not None:
+            for g, name in enumerate(w.group_names):
+                series[tags.series_tag(f"{tags.EFFECTIVE_DECAY}/{name}", suffix)] = chunk.lr[:, g] * chunk.weight_decay[:, g]
+        diagnoses = (report.diagnoses if report is not None else []) + (w.weight_decay.diagnoses if w.weight_decay else [])
+        for kind, active in _active_flags(diagnoses, chunk.steps).items():
+            series[tags.series_tag(tags.diagnosis_tag(kind), suffix)] = active
         names = list(series)
+        sparse = {step: {tags.series_tag(tags.MOMENTUM_TRANSIENT, suffix): ratio} for step, ratio in transients}
         for step, values in zip(chunk.steps.tolist(), np.column_stack(list(series.values())).tolist()):
-            self._log(trainer, dict(zip(names, values)), step)
+            self._log(trainer, {**dict(zip(names, values)), **sparse.get(step, {})}, step)
 
     def _announce(self, trainer, w: _Watched, report: Report, last_step: int) -> None:
         """Warn once per new diagnosis; rewrite the text summary when the diagnoses changed."""
