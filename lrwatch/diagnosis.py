@@ -37,7 +37,9 @@ one, so noise does not make them flicker):
   or the last ``diverge_recent`` values of the loss or of the gradient part (m itself when neither
   grad_norm nor lr is given, so an lr warmup can pass for growth) all above ``diverge_factor`` times
   the median of the ``diverge_window`` samples before them; a jump keeps the flag ``diverge_hold``
-  samples, so the flag shows before the first NaN.
+  samples, so the flag shows before the first NaN. When the loss is given, a jump counts only while
+  the last ``diverge_recent`` losses are all above the loss's first running median (where the run
+  started): a too-high lr makes a low loss spike several-fold without the run blowing up.
 """
 
 from __future__ import annotations
@@ -333,10 +335,14 @@ class Analyzer:
                 bad |= ~np.isfinite(series[name])
         nonfinite = np.logical_or.accumulate(np.concatenate([[self.nonfinite], bad]))[1:]
         self.nonfinite = bool(nonfinite[-1])
-        growth = {c: self.jump_refs.growth(c, table[c], index) for c in (LOSS, JUMP)}
+        (growth_loss, above_start), (growth_jump, _) = (self.jump_refs.growth(c, table[c], index) for c in (LOSS, JUMP))
+        growth = {LOSS: growth_loss, JUMP: growth_jump}
         self.jump_refs.forget_chunk()
         with np.errstate(invalid="ignore"):
-            jump = (growth[LOSS] > t.diverge_factor) | (growth[JUMP] > t.diverge_factor)
+            # a loss that jumps but stays below where the run started is a too-high lr's spike, not a
+            # blow-up: with a loss, a jump counts only once the loss is above its start (unknown: no)
+            climbed = above_start > 1 if "loss" in series else True
+            jump = ((growth[LOSS] > t.diverge_factor) | (growth[JUMP] > t.diverge_factor)) & climbed
         last_jump = np.maximum.accumulate(np.where(jump, index, self.last_jump))
         self.last_jump = int(last_jump[-1]) if len(last_jump) else self.last_jump
         state = nonfinite | (index - last_jump < t.diverge_hold)
@@ -387,21 +393,26 @@ class _JumpRefs:
         self.recent = {c: Tail(t.diverge_recent - 1) for c in (LOSS, JUMP)}
         self.blocks = 0  # blocks added
         self.current = {c: self.refs[c].values for c in (LOSS, JUMP)}  # refs of the last chunk and a few before
+        self.start = {c: np.nan for c in (LOSS, JUMP)}  # the first finite running median: where the run started
 
     def add(self, blocks: np.ndarray) -> None:
         """Take completed blocks (columns, n_blocks, block); call once per chunk, before `growth`."""
         for c in (LOSS, JUMP):
             medians = window_medians(self.block_medians[c].extend(block_medians(blocks[c])), self.k)
             self.current[c] = self.refs[c].extend(medians)
+            finite = medians[np.isfinite(medians)]
+            if np.isnan(self.start[c]) and len(finite):
+                self.start[c] = float(finite[0])
         self.blocks += blocks.shape[1]
 
     def forget_chunk(self) -> None:
         """Drop the refs of the chunk just analysed beyond the few kept (bounded state)."""
         self.current = {c: self.refs[c].values for c in (LOSS, JUMP)}
 
-    def growth(self, column: int, values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    def growth(self, column: int, values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Least of the last ``diverge_recent`` values at each sample over the running median of the
-        window that ended before those values began. ``index``: global sample indices of ``values``."""
+        window that ended before those values began, and over the start (the first running median;
+        NaN until there is one). ``index``: global sample indices of ``values``."""
         r, block = self.t.diverge_recent, self.t.block
         recent = self.recent[column].extend(values)
         smallest = recent[r - 1 :].copy()
@@ -417,7 +428,8 @@ class _JumpRefs:
             start = 0
         ref = per_sample[start : start + len(values)]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return np.where(ref > 0, smallest / ref, np.nan)
+            start = self.start[column]
+            return np.where(ref > 0, smallest / ref, np.nan), smallest / start if start > 0 else smallest * np.nan
 
 
 def _validated(displacement, loss, lr, grad_norm) -> dict[str, np.ndarray]:

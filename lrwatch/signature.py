@@ -19,8 +19,14 @@ trimmed-mean log levels of the windows either side. A coarse profile of log m ov
 fitted by a line per segment between drops, jumps by at least ``drop_ratio`` at them; a steady
 exponential decay also yields level shifts, but the profile falls smoothly through them. The kind
 is "step" when sharp drops explain at least ``step_share`` of the run's decline, else "constant"
-(flat within ``flat_decline``), "exponential" (a straight falling log profile) or "other"; any
-level shift upwards (warmup, restart) makes it "other".
+(flat within ``flat_decline`` over the whole run, or over its later half when the fall is not a
+steady exponential: a constant lr's displacement falls early, while the gradient settles, then stays),
+"exponential" (a straight falling log profile) or "other"; a level shift upwards by ``rise_ratio``
+(warmup, restart) makes it "other".
+
+Defaults: windows of 30 samples (6 blocks of 5) resolve plateaus down to about 40 steps, the shortest
+in the labelled corpus of 300-600-step runs (benchmarks/diagnosis_corpus.py); longer runs only give
+each window more company, and the coarse profile adapts to any length (its span doubles).
 """
 
 from __future__ import annotations
@@ -234,10 +240,13 @@ class SignatureParams:
         than about this are not resolved.
     drop_ratio: largest new/old level that counts as a drop (0.7: a 30 % fall); also the least jump
         of the profile that makes a drop sharp.
+    rise_ratio: least later/earlier level ratio that counts as an upward shift (warmup, restart); above
+        1 / drop_ratio because a schedule's rises are large while a too-high lr makes m swing upwards
+        by tens of percent for a window or two.
     drop_rank: least fraction of (earlier, later) block-median pairs that must be ordered downwards.
     step_share: least fraction of the run's decline that sharp drops must explain for kind "step".
-    flat_decline: a drop-free run whose fitted level changes by no more than this factor (either way)
-        is "constant".
+    flat_decline: a drop-free run whose fitted level changes by no more than this factor (either way),
+        over the whole run or, unless it falls as a steady exponential, over its later half, is "constant".
     exp_bend: an exponential's fitted log-slopes in the first and second half of the run may differ
         by at most this factor.
     profile_size: the coarse log-level profile keeps between this and twice this many points; a run
@@ -245,14 +254,15 @@ class SignatureParams:
     """
 
     lr_rtol: float = 1e-6
-    block: int = 10
-    drop_window: int = 100
+    block: int = 5
+    drop_window: int = 30
     drop_ratio: float = 0.7
+    rise_ratio: float = 2.0
     drop_rank: float = 0.9
     step_share: float = 0.5
     flat_decline: float = 0.5
     exp_bend: float = 2.0
-    profile_size: int = 32
+    profile_size: int = 64
 
     def __post_init__(self):
         _check_positive_int(self, "block", "drop_window", "profile_size")
@@ -262,6 +272,8 @@ class SignatureParams:
                 f"with block {self.block}"
             )
         _check_fraction(self, "lr_rtol", "drop_ratio", "drop_rank", "step_share", "flat_decline")
+        if isinstance(self.rise_ratio, bool) or not isinstance(self.rise_ratio, (int, float)) or not self.rise_ratio > 1:
+            raise ValueError(f"rise_ratio must be a number > 1, got {self.rise_ratio!r}")
         if not (isinstance(self.exp_bend, (int, float)) and self.exp_bend >= 1):
             raise ValueError(f"exp_bend must be a number >= 1, got {self.exp_bend!r}")
 
@@ -451,7 +463,7 @@ class _DisplacementShape:
         self.medians = Tail(2 * self.k - 1)
         self.raw = np.empty((2, 0))  # m and step of the last `keep` samples; raw[:, j] is sample raw_start + j
         self.raw_start = 0
-        self.keep = 6 * params.drop_window + params.block
+        self.keep = 10 * params.drop_window + params.block  # a drop is measured on up to 2 + 3 windows either side of its rough place
         self.next_block = 0  # first block allowed to report a new drop
         self.waiting: list[int] = []  # rough sample index of drops still collecting samples after them
         self.found: list[_Drop] = []  # measured drops
@@ -478,7 +490,7 @@ class _DisplacementShape:
             self._profile(medians, blocks[1])
             self._detect(self.medians.extend(medians), self.blocks)
             self.blocks += blocks.shape[1]
-        while self.waiting and self.waiting[0] + 3 * self.p.drop_window <= self.count:
+        while self.waiting and self.waiting[0] + 5 * self.p.drop_window <= self.count:
             self.found.append(self._measure(0))
             self.waiting.pop(0)
         drop = max(0, self.raw.shape[1] - self.keep)
@@ -499,7 +511,7 @@ class _DisplacementShape:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = row_medians(later) / row_medians(earlier)
         least = self.p.drop_rank * k * k  # ordered (earlier, later) pairs needed
-        ups = np.flatnonzero(ratio >= 1 / self.p.drop_ratio)
+        ups = np.flatnonzero(ratio >= self.p.rise_ratio)
         upwards = np.count_nonzero(later[ups, None, :] > earlier[ups, :, None], axis=(1, 2))
         self.rose |= bool((upwards >= least).any())
         downs = np.flatnonzero(ratio <= self.p.drop_ratio)
@@ -533,22 +545,22 @@ class _DisplacementShape:
     def _measure(self, i: int) -> _Drop:
         """Measure waiting drop ``i`` on the samples there are.
 
-        Placed within ``drop_window`` of its rough place at the split that best separates the log
+        Placed within 2 * ``drop_window`` of its rough place at the split that best separates the log
         displacements above and below the middle of the two levels (a CUSUM on log m). Its log
-        ratio is that of the trimmed-mean log levels of up to 2 * ``drop_window`` samples on each
+        ratio is that of the trimmed-mean log levels of up to 3 * ``drop_window`` samples on each
         side, stopping at the neighbouring drops; ``distance`` is between those windows' centres.
         """
         w, x, steps = self.p.drop_window, self.raw[0], self.raw[1]
         lowest = (self.found[-1].index if self.found else 0) - self.raw_start
         highest = (self.waiting[i + 1] - self.p.block if i + 1 < len(self.waiting) else self.count) - self.raw_start
         at = self.waiting[i] - self.raw_start
-        lo, hi = max(at - w, lowest, 0), min(at + w, highest)
+        lo, hi = max(at - 2 * w, lowest, 0), min(at + 2 * w, highest)
         y = _logs(x[lo:hi])
         before, after = _log_level(y[: at - lo]), _log_level(y[at - lo :])
         if after - before < 0:  # (False for NaN)
             push = np.clip(np.nan_to_num(y - (before + after) / 2), after - before, before - after)
             at = lo + 1 + int(np.argmax(np.cumsum(push)[:-1]))  # push > 0: looks like the earlier level
-        lo, hi = max(at - 2 * w, lowest, 0), max(min(at + 2 * w, highest), at + 1)
+        lo, hi = max(at - 3 * w, lowest, 0), max(min(at + 3 * w, highest), at + 1)
         y = _logs(x[lo:hi])
         log_ratio = _log_level(y[at - lo :]) - _log_level(y[: at - lo])
         distance = float(np.mean(steps[at:hi]) - np.mean(steps[lo:at]))
@@ -579,9 +591,11 @@ class _DisplacementShape:
             bounds = [self.first_step] + drops
             lasts = [d[1] for d in sharp] + [self.last_step]
             return Signature("step", drops, factors, None, list(zip(bounds, lasts)), "displacement")
-        if not sharp and abs(decline) <= -math.log(self.p.flat_decline):
+        steady = decline > 0 and _steady(x, y, weight, self.p.exp_bend)
+        flat = -math.log(self.p.flat_decline)
+        if not sharp and (abs(decline) <= flat or (not steady and abs(_late_change(x, y, weight)) <= flat)):
             return Signature("constant", [], [], None, [(self.first_step, self.last_step)], "displacement")
-        if decline > 0 and _steady(x, y, weight, self.p.exp_bend):
+        if steady:
             return Signature("exponential", [], [], math.exp(slope), [], "displacement")
         return Signature("other", drops, factors, None, [], "displacement")
 
@@ -664,6 +678,15 @@ def _jumps(x: np.ndarray, y: np.ndarray, weight: np.ndarray, at: list[int]) -> t
         else:
             jumps.append(0.0)
     return jumps, common
+
+
+def _late_change(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """Change of the fitted log level over the later half of the profile (its line's slope times the
+    span of its positions): the part of the run where the gradient has settled, so a constant lr
+    leaves it flat while any decaying schedule keeps pulling it down."""
+    half = len(x) // 2
+    slope, _ = _line(x[half:], y[half:], weight[half:])
+    return slope * float(x[-1] - x[half])
 
 
 def _steady(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bend: float) -> bool:

@@ -320,3 +320,12 @@ def test_thresholds_are_adjustable_by_name():
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         analyze(**kwargs)
+
+
+def test_a_loss_spike_below_where_the_run_started_is_not_diverging():
+    # the loss fell from 2.0 to 0.01, then spikes 10x for 10 steps: a too-high lr's spike, far below its start
+    spike = np.r_[np.linspace(2.0, 0.01, 100), np.full(50, 0.01), np.full(10, 0.1), np.full(40, 0.01)]
+    assert analyze(np.ones(200), loss=spike).diagnoses == []
+    # the same 10x jump from a loss that never fell below its start is a blow-up
+    [d] = analyze(np.ones(200), loss=np.r_[np.full(150, 2.0), np.full(50, 20.0)]).diagnoses
+    assert (d.kind, d.start) == ("diverging", 152)

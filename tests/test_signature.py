@@ -241,7 +241,9 @@ def test_to_dict_is_plain_json():
      ({"displacement": "fast"}, "displacement"), ({"displacement": [0.1, 0.2], "steps": [3, 3]}, "steps"),
      ({"displacement": [0.1, 0.2], "steps": [0.5, 1.0]}, "steps"), ({"displacement": [0.1], "steps": [True]}, "steps"),
      ({"displacement": [0.1, 0.2], "steps": [0]}, "steps"), ({"displacement": [0.1], "drop_ratio": 1.5}, "drop_ratio"),
-     ({"displacement": [0.1], "block": 0}, "block"), ({"displacement": [0.1], "drop_window": 95}, "drop_window")],
+     ({"displacement": [0.1], "block": 0}, "block"), ({"displacement": [0.1], "drop_window": 97}, "drop_window"),
+     ({"displacement": [0.1], "drop_window": 5}, "drop_window"), ({"displacement": [0.1], "rise_ratio": 1.0}, "rise_ratio"),
+     ({"displacement": [0.1], "rise_ratio": True}, "rise_ratio")],
 )
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
