@@ -10,7 +10,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import lrwatch
 from lrwatch._lightning import Callback, pl
+
+OVERHEAD_ARMS = {
+    "bare": lambda: [],
+    "LearningRateMonitor": lambda: [pl.callbacks.LearningRateMonitor(logging_interval="step")],
+    "LRWatch()": lambda: [lrwatch.LRWatch()],
+    "LRWatch(every_n_steps=10)": lambda: [lrwatch.LRWatch(every_n_steps=10)],
+}
+"""The arms both overhead benchmarks compare: each makes a fresh callback list per fit."""
+
+
+def size_arguments(parser, *, repeats: int, steps: int, warmup: int, batch: int, width: int, depth: int):
+    """The benchmark-size options shared by the overhead scripts, with per-script defaults."""
+    for name, default in (("repeats", repeats), ("steps", steps), ("warmup", warmup), ("batch", batch),
+                          ("width", width), ("depth", depth)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    return parser
 
 
 class StepTimer(Callback):

@@ -21,9 +21,7 @@ import warnings
 
 import torch
 
-import lrwatch
-from _timing import MLP, interleaved, ratio_table, synthetic_loader
-from lrwatch._lightning import pl
+from _timing import MLP, OVERHEAD_ARMS, interleaved, ratio_table, size_arguments, synthetic_loader
 from lrwatch.measure import StepMeter
 
 
@@ -58,13 +56,7 @@ def sync_proof(steps: int = 120, flush_every: int = 16) -> None:
 def overhead(repeats: int, steps: int, warmup: int, width: int, depth: int, batch: int) -> None:
     loader = synthetic_loader(width, batch, steps, device="cpu")
     n_params = sum(p.numel() for p in MLP(width, depth).parameters())
-    arms = {
-        "bare": lambda: [],
-        "LearningRateMonitor": lambda: [pl.callbacks.LearningRateMonitor(logging_interval="step")],
-        "LRWatch()": lambda: [lrwatch.LRWatch()],
-        "LRWatch(every_n_steps=10)": lambda: [lrwatch.LRWatch(every_n_steps=10)],
-    }
-    times = interleaved(arms, lambda: MLP(width, depth), loader, repeats, steps, warmup,
+    times = interleaved(OVERHEAD_ARMS, lambda: MLP(width, depth), loader, repeats, steps, warmup,
                         accelerator="gpu", devices=1, precision="bf16-mixed")
     print(f"{torch.cuda.get_device_name()}: {n_params / 1e6:.0f}M parameters, batch {batch}, bf16-mixed, "
           f"{repeats} repeats x {steps - warmup - 1} timed steps per arm")
@@ -72,13 +64,8 @@ def overhead(repeats: int, steps: int, warmup: int, width: int, depth: int, batc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--warmup", type=int, default=15)
-    parser.add_argument("--width", type=int, default=4096)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=4096)
+    parser = size_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                            repeats=3, steps=80, warmup=15, batch=4096, width=4096, depth=6)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device")

@@ -14,19 +14,12 @@ import warnings
 
 import torch
 
-import lrwatch
-from _timing import MLP, interleaved, ratio_table, synthetic_loader
-from lrwatch._lightning import pl
+from _timing import MLP, OVERHEAD_ARMS, interleaved, ratio_table, size_arguments, synthetic_loader
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--depth", type=int, default=4)
+    parser = size_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                            repeats=5, steps=60, warmup=10, batch=512, width=1024, depth=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a 2-core box steady)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -34,13 +27,7 @@ def main() -> None:
     torch.manual_seed(0)
     loader = synthetic_loader(args.width, args.batch, args.steps)
     n_params = sum(p.numel() for p in MLP(args.width, args.depth).parameters())
-    arms = {
-        "bare": lambda: [],
-        "LearningRateMonitor": lambda: [pl.callbacks.LearningRateMonitor(logging_interval="step")],
-        "LRWatch()": lambda: [lrwatch.LRWatch()],
-        "LRWatch(every_n_steps=10)": lambda: [lrwatch.LRWatch(every_n_steps=10)],
-    }
-    times = interleaved(arms, lambda: MLP(args.width, args.depth), loader, args.repeats, args.steps, args.warmup,
+    times = interleaved(OVERHEAD_ARMS, lambda: MLP(args.width, args.depth), loader, args.repeats, args.steps, args.warmup,
                         accelerator="cpu", devices=1)
     print(f"{n_params / 1e6:.1f}M parameters, batch {args.batch}, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats x {args.steps - args.warmup - 1} timed steps per arm")
