@@ -12,25 +12,35 @@ taken in a fixed order, or an integer sum. The same window helpers serve `lrwatc
 Displacement-only detection, in brief: the series is cut into blocks of ``block`` samples, each
 summarised by its median. A drop is a level shift between two adjacent windows of ``drop_window``
 samples: the later window's median is at most ``drop_ratio`` times the earlier one's and at least
-``drop_rank`` of the (earlier, later) block pairs are ordered downwards. It is then placed to the
-sample by a CUSUM of log m about the middle of the two levels, and its factor is the ratio of the
-trimmed-mean log levels of the windows either side. A coarse profile of log m over the whole run
-(a bounded number of points) decides the rest: drops are *sharp* (schedule steps) when the profile,
-fitted by a line per segment between drops, jumps by at least ``drop_ratio`` at them; a steady
-exponential decay also yields level shifts, but the profile falls smoothly through them. The kind
-is "step" when sharp drops explain at least ``step_share`` of the run's decline, else "constant"
+``drop_rank`` of the (earlier, later) block pairs are ordered downwards; and the same holds between
+the windows of ``confirm_scale`` times as many samples about the same split (so it is reported once
+the wide window after it is complete, or at the end of the run on the samples there are; the wide
+windows leave out blocks before the run). The short windows resolve
+short plateaus; the wide ones reject the shifts that short windows find in pure noise, which would
+otherwise pile up in proportion to the run's length. A drop is then placed to the sample by a CUSUM
+of log m about the middle of the two levels, and its factor is the ratio of the trimmed-mean log
+levels of the windows either side. A coarse profile of log m over the whole run (a bounded number of
+points) decides the rest: drops are *sharp* (schedule steps) when the profile, fitted by a line on
+each side of a drop (over at most ``jump_reach`` points, and not past the neighbouring drops), jumps
+by at least ``drop_ratio`` at them; a steady exponential decay also yields level shifts, but the
+profile falls smoothly through them. The kind is "step" when sharp drops explain at least
+``step_share`` of the run's decline, else "constant"
 (flat within ``flat_decline`` over the whole run, or over its later half when the fall is not a
 steady exponential: a constant lr's displacement falls early, while the gradient settles, then stays),
 "exponential" (a straight falling log profile) or "other"; a level shift upwards by ``rise_ratio``
-(warmup, restart) makes it "other".
+(warmup, restart), confirmed in the same way, makes it "other".
 
 Defaults: windows of 30 samples (6 blocks of 5) resolve plateaus down to about 40 steps, the shortest
-in the labelled corpus of 300-600-step runs (benchmarks/diagnosis_corpus.py); longer runs only give
-each window more company, and the coarse profile adapts to any length (its span doubles).
+in the labelled corpus of 300-600-step runs (benchmarks/diagnosis_corpus.py), confirmed on windows of
+90. On their own, the 30-sample windows found about 170 level shifts per million samples of constant
+lognormal noise at CV 0.4 (and about 830 at CV 0.7), enough to bury a long run's real drops; with the
+90-sample confirmation there were none in a million samples at CV 0.4, 0.7 or 1.0. The coarse profile
+adapts to any length (its span doubles).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -238,6 +248,10 @@ class SignatureParams:
     block: samples per block; the displacement is summarised by one median per block.
     drop_window: samples on each side of a displacement drop (multiple of ``block``); plateaus shorter
         than about this are not resolved.
+    confirm_scale: a level shift found between windows of ``drop_window`` samples counts only if it also
+        holds between windows of ``confirm_scale`` times as many samples about the same split (1: no
+        confirmation). Short windows alone find about 170 shifts per million samples of pure noise at
+        CV 0.4; confirmed at 3x, none were found in a million samples at CV 0.4 to 1.0.
     drop_ratio: largest new/old level that counts as a drop (0.7: a 30 % fall); also the least jump
         of the profile that makes a drop sharp.
     rise_ratio: least later/earlier level ratio that counts as an upward shift (warmup, restart); above
@@ -251,11 +265,16 @@ class SignatureParams:
         by at most this factor.
     profile_size: the coarse log-level profile keeps between this and twice this many points; a run
         with more than 2/3 of this many level shifts is not read as a step schedule.
+    jump_reach: the profile's jump at a drop is measured between lines fitted to at most this many
+        profile points on each side (an eighth to a quarter of the run at the default profile_size):
+        a step schedule's plateaus are straight, while a curved decay (a cosine's tail) bends away
+        from a line fitted to a whole segment and would fake a jump.
     """
 
     lr_rtol: float = 1e-6
     block: int = 5
     drop_window: int = 30
+    confirm_scale: int = 3
     drop_ratio: float = 0.7
     rise_ratio: float = 2.0
     drop_rank: float = 0.9
@@ -263,9 +282,10 @@ class SignatureParams:
     flat_decline: float = 0.5
     exp_bend: float = 2.0
     profile_size: int = 64
+    jump_reach: int = 16
 
     def __post_init__(self):
-        _check_positive_int(self, "block", "drop_window", "profile_size")
+        _check_positive_int(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach")
         if self.drop_window % self.block or self.drop_window < 2 * self.block:
             raise ValueError(
                 f"drop_window must be a multiple of block and at least 2 blocks, got {self.drop_window} "
@@ -457,13 +477,16 @@ class _DisplacementShape:
     def __init__(self, params: SignatureParams):
         self.p = params
         self.k = params.drop_window // params.block  # blocks per window
+        self.wide = self.k * params.confirm_scale  # blocks per confirmation window
         self.count = 0  # samples seen
         self.blocks = 0  # blocks completed
         self.pending = np.empty((2, 0))  # m and step of the samples of the unfinished block
-        self.medians = Tail(2 * self.k - 1)
+        self.medians = Tail(2 * self.wide - 1)
         self.raw = np.empty((2, 0))  # m and step of the last `keep` samples; raw[:, j] is sample raw_start + j
         self.raw_start = 0
-        self.keep = 10 * params.drop_window + params.block  # a drop is measured on up to 2 + 3 windows either side of its rough place
+        # a drop is found up to 2 confirmation windows after its earliest sample and measured on up to
+        # 2 + 3 windows either side of its rough place, at least 5 windows after it
+        self.keep = 5 * params.drop_window + max(5 * params.drop_window, 2 * self.wide * params.block) + params.block
         self.next_block = 0  # first block allowed to report a new drop
         self.waiting: list[int] = []  # rough sample index of drops still collecting samples after them
         self.found: list[_Drop] = []  # measured drops
@@ -504,25 +527,34 @@ class _DisplacementShape:
         self.profile.add(centres[usable], medians[usable])
 
     def _detect(self, medians: np.ndarray, first_block: int) -> None:
-        """Find level shifts ending at each new block; ``medians`` starts 2k-1 blocks before ``first_block``."""
-        k = self.k
-        windows = sliding_window_view(medians, 2 * k)
-        earlier, later = windows[:, :k], windows[:, k:]
+        """Find level shifts confirmed at each new block; ``medians`` starts 2 * wide - 1 blocks before
+        ``first_block``.
+
+        Block j completes the confirmation windows (``wide`` blocks each side) of the split before block
+        j - wide + 1; the short windows (k blocks each side) of that split end at block b = j - wide + k.
+        A shift is a short-window hit that the confirmation windows agree with.
+        """
+        k, wide = self.k, self.wide
+        windows = sliding_window_view(medians, 2 * wide)  # row r: the confirmation windows completed at block first_block + r
+        earlier, later = windows[:, wide - k : wide], windows[:, wide : wide + k]
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = row_medians(later) / row_medians(earlier)
         least = self.p.drop_rank * k * k  # ordered (earlier, later) pairs needed
         ups = np.flatnonzero(ratio >= self.p.rise_ratio)
         upwards = np.count_nonzero(later[ups, None, :] > earlier[ups, :, None], axis=(1, 2))
-        self.rose |= bool((upwards >= least).any())
+        ups = ups[upwards >= least]
+        self.rose |= bool(_lasting(windows[ups], self.p.rise_ratio, rising=True, rank=self.p.drop_rank).any())
         downs = np.flatnonzero(ratio <= self.p.drop_ratio)
         downwards = np.count_nonzero(later[downs, None, :] < earlier[downs, :, None], axis=(1, 2))
-        hits = downs[downwards >= least]
+        downs = downs[downwards >= least]
+        hits = downs[_lasting(windows[downs], self.p.drop_ratio, rising=False, rank=self.p.drop_rank)]
+        first_b = first_block - wide + k  # b of row 0
         position = 0
         while True:
-            position += int(np.searchsorted(hits[position:], self.next_block - first_block))
+            position += int(np.searchsorted(hits[position:], self.next_block - first_b))
             if position >= len(hits):
                 return
-            b = first_block + int(hits[position])
+            b = first_b + int(hits[position])
             self.shifts += 1
             if self.shifts <= self.resolvable:
                 c = self._place(b, float(ratio[hits[position]]))
@@ -530,6 +562,16 @@ class _DisplacementShape:
             else:  # too many shifts to be schedule steps: count them, skip placing and measuring
                 c = (b - k + 1) * self.p.block
             self.next_block = -(-c // self.p.block) + 2 * k - 1
+
+    def _with_pending(self) -> _DisplacementShape:
+        """A copy that has also judged the splits whose confirmation windows are still filling, on the
+        blocks there are (so a drop in the last few windows of a run is reported); ``self`` is unchanged."""
+        settled = copy.copy(self)
+        settled.waiting = list(self.waiting)
+        if self.wide > self.k:
+            unseen = np.full(self.wide - self.k, np.nan)  # the blocks that would complete those windows
+            settled._detect(np.concatenate([self.medians.values, unseen]), self.blocks)
+        return settled
 
     def _place(self, b: int, ratio: float) -> int:
         """Rough sample index of the drop found at block ``b``: the split of the two windows' samples that
@@ -573,9 +615,10 @@ class _DisplacementShape:
         x, y, weight = self.profile.arrays()
         if len(x) < 4:
             return Signature("other", [], [], None, [], "displacement")
-        found = self.found + [self._measure(i) for i in range(len(self.waiting))]
-        jumps, drift = _jumps(x, y, weight, [d.step for d in found])
-        if self.shifts > self.resolvable:
+        settled = self._with_pending()
+        found = settled.found + [settled._measure(i) for i in range(len(settled.waiting))]
+        jumps, drift = _jumps(x, y, weight, [d.step for d in found], self.p.jump_reach)
+        if settled.shifts > self.resolvable:
             jumps = [0.0] * len(found)
         log_drop = math.log(self.p.drop_ratio)
         factors = [_exp(d.log_ratio - drift * d.distance) for d in found]
@@ -585,7 +628,7 @@ class _DisplacementShape:
         slope, fitted = _line(x, y, weight)
         decline = fitted[0] - fitted[-1]
         drops, factors = [d[0] for d in sharp], [d[2] for d in sharp]
-        if self.rose:
+        if settled.rose:
             return Signature("other", drops, factors, None, [], "displacement")
         if sharp and sharp_decline >= self.p.step_share * decline:
             bounds = [self.first_step] + drops
@@ -610,6 +653,27 @@ class _Drop:
     previous: int
     log_ratio: float
     distance: float
+
+
+def _lasting(windows: np.ndarray, threshold: float, rising: bool, rank: float) -> np.ndarray:
+    """Whether each row of ``windows`` (n, 2 * w) of block medians shifts between its halves: the later
+    half's median is at least (rising) or at most (falling) ``threshold`` times the earlier half's, and
+    at least a ``rank`` fraction of the (earlier, later) pairs is ordered that way. NaN blocks (before
+    the run, not yet seen, or missing) are left out of both figures. Shape (n,) bool."""
+    if not len(windows):
+        return np.zeros(0, dtype=bool)
+    w = windows.shape[1] // 2
+    earlier, later = windows[:, :w], windows[:, w:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = block_medians(later) / block_medians(earlier)
+    pairs = np.count_nonzero(~np.isnan(earlier), axis=1) * np.count_nonzero(~np.isnan(later), axis=1)
+    if rising:
+        shifted = ratio >= threshold
+        ordered = np.count_nonzero(later[:, None, :] > earlier[:, :, None], axis=(1, 2))
+    else:
+        shifted = ratio <= threshold
+        ordered = np.count_nonzero(later[:, None, :] < earlier[:, :, None], axis=(1, 2))
+    return shifted & (ordered >= rank * pairs)
 
 
 def _exp(value: float) -> float:
@@ -646,12 +710,13 @@ def _line(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> tuple[float, np.n
     return slope, mean + slope * (x - centre)
 
 
-def _jumps(x: np.ndarray, y: np.ndarray, weight: np.ndarray, at: list[int]) -> tuple[list[float], float]:
+def _jumps(x: np.ndarray, y: np.ndarray, weight: np.ndarray, at: list[int], reach: int) -> tuple[list[float], float]:
     """Discontinuity of the profile's log level at each step of ``at``, and the common drift.
 
-    The profile is cut into segments at ``at``; each segment gets its own least-squares line (the
-    common drift's slope when it has fewer than 3 points), and a cut's jump is the next segment's
-    line minus the previous one's, both taken at the cut: about log(gamma) at a schedule step, about
+    The profile is cut into segments at ``at``; at each cut, the last ``reach`` points of the segment
+    before it and the first ``reach`` of the segment after it each get a least-squares line (the
+    common drift's slope when there are fewer than 3 points), and the cut's jump is the later line
+    minus the earlier one, both taken at the cut: about log(gamma) at a schedule step, about
     0 where the level falls smoothly through the cut (exponential, cosine). A cut without profile
     points on both sides gets 0, and so do all cuts when there are more than a third as many as
     points. The common drift is the slope of the fit with one level per segment and one slope for
@@ -665,19 +730,21 @@ def _jumps(x: np.ndarray, y: np.ndarray, weight: np.ndarray, at: list[int]) -> t
     design = np.column_stack([segment == s for s in used] + [x - x.mean()]).astype(np.float64)
     root = np.sqrt(weight)
     common = float(np.linalg.lstsq(design * root[:, None], y * root, rcond=None)[0][-1])
-    lines = {}  # segment -> (mean level, slope, mean position)
-    for s in used:
-        inside = segment == s
-        slope = _line(x[inside], y[inside], weight[inside])[0] if inside.sum() >= 3 else common
-        lines[s] = (np.average(y[inside], weights=weight[inside]), slope, np.average(x[inside], weights=weight[inside]))
     jumps = []
     for i, cut in enumerate(cuts):
-        if i in lines and i + 1 in lines:
-            (mean_a, slope_a, centre_a), (mean_b, slope_b, centre_b) = lines[i], lines[i + 1]
-            jumps.append(float(mean_b + slope_b * (cut - centre_b) - mean_a - slope_a * (cut - centre_a)))
+        before, after = np.flatnonzero(segment == i)[-reach:], np.flatnonzero(segment == i + 1)[:reach]
+        if len(before) and len(after):
+            jumps.append(_level_at(cut, x[after], y[after], weight[after], common)
+                         - _level_at(cut, x[before], y[before], weight[before], common))
         else:
             jumps.append(0.0)
     return jumps, common
+
+
+def _level_at(position: float, x: np.ndarray, y: np.ndarray, weight: np.ndarray, common: float) -> float:
+    """The least-squares line of y on x (slope ``common`` when there are fewer than 3 points) at ``position``."""
+    slope = _line(x, y, weight)[0] if len(x) >= 3 else common
+    return float(np.average(y, weights=weight) + slope * (position - np.average(x, weights=weight)))
 
 
 def _late_change(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:

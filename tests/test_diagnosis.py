@@ -68,6 +68,35 @@ def test_non_finite_values_flag_diverging_for_good():
     assert report.active(119) == [] and report.active(299) == ["diverging"]
 
 
+def test_an_lr_decayed_before_it_used_its_budget_is_decay_too_aggressive_from_the_first_sample_it_holds():
+    # lr 1 for 10 samples, then 0.01: at sample i (0-based) the mean lr over its peak is
+    # (10 + 0.01 (i - 9)) / (i + 1): 10.24 / 34 = 0.301 at i = 33, 10.25 / 35 = 0.293 at i = 34, so the
+    # flag starts at 34 (the mask below computes it independently of the module).
+    lr = np.r_[np.ones(10), np.full(50, 0.01)]
+    mean = np.cumsum(lr) / np.arange(1, 61)
+    first = int(np.flatnonzero((lr <= 0.5) & (mean <= 0.3))[0])
+    assert first == 34
+    report = analyze(lr, lr=lr)  # displacement = lr (gradient part 1); no loss needed
+    [d] = report.diagnoses
+    assert (d.kind, d.start, d.end) == ("decay_too_aggressive", first, None)
+    assert d.evidence == {"lr_fraction": 0.01, "mean_lr_fraction": mean[first], "lr_samples": first + 1.0}
+    assert "restore it or decay more slowly" in d.message and f"over the {first + 1} steps" in d.message
+    # a looser budget flags it earlier, a stricter one later; restoring the lr ends it
+    assert analyze(lr, lr=lr, lr_budget_fraction=0.5).diagnoses[0].start < first
+    assert analyze(lr, lr=lr, lr_budget_fraction=0.2).diagnoses[0].start > first
+    restored = np.r_[lr, np.ones(5)]
+    [d] = analyze(restored, lr=restored).diagnoses
+    assert (d.start, d.end) == (first, 59)
+
+
+@given(st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=300), st.booleans())
+@settings(max_examples=50, deadline=None)
+def test_an_lr_that_never_falls_below_half_its_peak_is_never_decayed_too_aggressively(rises, warmup):
+    # a warmup (non-decreasing lr) or an lr that stays within half of its running peak
+    lr = np.maximum.accumulate(rises) if warmup else 0.5 + 0.5 * np.asarray(rises)
+    assert analyze(np.ones(len(lr)), lr=lr).diagnoses == []
+
+
 # -- real tiny training runs ------------------------------------------------------------------------
 @functools.cache
 def _digits(label_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,6 +343,8 @@ def test_thresholds_are_adjustable_by_name():
      ({"displacement": [0.1], "resume_gain": -1.0}, "resume_gain"),
      ({"displacement": [0.1], "collapse_fraction": 0.9}, "collapse_fraction"),
      ({"displacement": [0.1], "diverge_factor": 0.0}, "diverge_factor"),
+     ({"displacement": [0.1], "lr_budget_fraction": 0.0}, "lr_budget_fraction"),
+     ({"displacement": [0.1], "decayed_fraction": 1.5}, "decayed_fraction"),
      ({"displacement": [0.1], "erratic_cv": "high"}, "erratic_cv"),
      ({"displacement": [0.1], "drop_rank": 2.0}, "drop_rank"), ({"displacement": [0.1], "windw": 100}, "windw")],
 )

@@ -172,6 +172,51 @@ def test_other_shapes_in_a_noisy_displacement(make, cv, kind, seed):
         assert found.drops == [] and found.segments == [(0, STEPS - 1)]
 
 
+LONG = 200_000
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_drops_in_a_long_noisy_run_are_not_buried_under_noise_shifts(seed):
+    """30-sample windows alone find level shifts in the noise every few thousand samples (they read this
+    run as "other"); confirmed on 90-sample windows, only the two real drops remain."""
+    t = np.arange(LONG)
+    lr = 0.1 * np.where(t >= 70_000, 0.1, 1.0) * np.where(t >= 140_000, 0.5, 1.0)
+    found = signature(displacement(lr, 0.4, seed))
+    assert (found.kind, found.source) == ("step", "displacement")
+    assert len(found.drops) == 2 and np.abs(np.array(found.drops) - [70_000, 140_000]).max() <= 3
+    assert found.factors == pytest.approx([0.1, 0.5], rel=0.15)
+
+
+@pytest.mark.parametrize("cv", [0.4, 0.7])
+def test_a_long_constant_run_of_pure_noise_reads_constant(cv):
+    found = signature(displacement(np.full(LONG, 0.1), cv, seed=3, drift=1.0))
+    assert (found.kind, found.drops, found.segments) == ("constant", [], [(0, LONG - 1)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_drops_near_either_end_of_the_run_are_found(seed):
+    """Near the start the wide windows hold only the samples there are; a drop 50 samples before the
+    end is judged on the samples after it, before its 90-sample confirmation window is complete."""
+    early = signature(displacement(np.r_[np.full(40, 0.1), np.full(40, 0.05), np.full(1120, 0.025)], 0.3, seed))
+    assert (early.kind, early.drops) == ("step", [40, 80])
+    late = displacement(np.where(np.arange(STEPS) >= 1150, 0.01, 0.1), 0.4, seed)
+    assert signature(late).drops == [1150]
+    assert signature(late[:1190]).drops == [1150]
+
+
+def test_a_drop_judged_before_its_confirmation_window_fills_is_judged_again():
+    """A dip of 40 samples reads as a drop while only the dip is seen after it; once the level is seen
+    to come back, the wide windows reject it, and reading the result midway left no trace of it."""
+    t = np.arange(STEPS)
+    m = displacement(np.where((t >= 600) & (t < 640), 0.3, 1.0), 0.3, seed=0, drift=1.0)
+    tracker = SignatureTracker()
+    tracker.update(m[:650], None, t[:650])
+    assert tracker.result().drops == [600]
+    tracker.update(m[650:], None, t[650:])
+    assert tracker.result() == signature(m)
+    assert (signature(m).kind, signature(m).drops) == ("constant", [])
+
+
 def test_a_real_sgd_run_with_step_lr_shows_its_drops_in_the_displacement():
     """Logistic regression on scikit-learn's digits with 30 % noisy labels, SGD (batch 16), StepLR
     dividing the lr by 10 every 400 steps; displacement ||w_t - w_{t-1}|| from the parameters."""
@@ -211,6 +256,8 @@ def test_any_chunking_gives_the_same_signature(seed, cuts, with_lr):
     bounds = [0, *sorted(set(cuts)), 3000]
     for a, b in zip(bounds, bounds[1:]):
         tracker.update(m[a:b], lr[a:b] if with_lr else None, np.arange(a, b))
+        if b in cuts[:5]:  # reading the result midway (drops still being confirmed) changes nothing
+            assert tracker.result() == signature(m[:b], lr=lr[:b] if with_lr else None)
     assert tracker.result() == signature(m, lr=lr if with_lr else None)
 
 
@@ -243,7 +290,8 @@ def test_to_dict_is_plain_json():
      ({"displacement": [0.1, 0.2], "steps": [0]}, "steps"), ({"displacement": [0.1], "drop_ratio": 1.5}, "drop_ratio"),
      ({"displacement": [0.1], "block": 0}, "block"), ({"displacement": [0.1], "drop_window": 97}, "drop_window"),
      ({"displacement": [0.1], "drop_window": 5}, "drop_window"), ({"displacement": [0.1], "rise_ratio": 1.0}, "rise_ratio"),
-     ({"displacement": [0.1], "rise_ratio": True}, "rise_ratio")],
+     ({"displacement": [0.1], "rise_ratio": True}, "rise_ratio"),
+     ({"displacement": [0.1], "confirm_scale": 0}, "confirm_scale"), ({"displacement": [0.1], "jump_reach": 2.5}, "jump_reach")],
 )
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
