@@ -77,8 +77,9 @@ def test_decide_drops_on_lr_too_high_with_cooldown_and_max_drops():
     assert cb.decide(_report(too_high), 300, 290) is None  # max_drops reached
     cb = _ready(lrwatch.EarlyStepDrop(cooldown=50, max_drops=3))
     cb._drops_taken, cb._last_drop_step = 1, 180
-    assert cb.decide(_report(too_high), 200, 190) is None  # cooling down
-    assert cb.decide(_report(too_high), 230, 220) == "drop"
+    after_drop = Diagnosis("lr_too_high", 190, None, "m", {})
+    assert cb.decide(_report(after_drop), 200, 195) is None  # cooling down
+    assert cb.decide(_report(after_drop), 230, 220) == "drop"
 
 
 def test_decide_respects_patience_min_lr_and_divergence():
@@ -271,3 +272,21 @@ def test_resume_gives_the_same_lr_trajectory(tmp_path):
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         lrwatch.EarlyStepDrop(**kwargs)
+
+
+def test_scheduled_drops_restart_the_cooldown_and_older_diagnoses_are_ignored():
+    too_high = Diagnosis("lr_too_high", 100, None, "m", {})
+    cb = _ready(lrwatch.EarlyStepDrop(cooldown=50))
+    cb._lrs_before = [1.0]
+    cb._optimizer.param_groups[0]["lr"] = 0.1  # the schedule dropped the lr after step 150
+    cb._on_lr_change([1.0], 150)
+    assert cb.decide(_report(too_high), 180, 170) is None  # cooling down after the scheduled drop
+    assert cb.decide(_report(too_high), 250, 240) is None  # the diagnosis predates the drop
+    assert cb.decide(_report(Diagnosis("lr_too_high", 160, None, "m", {})), 250, 240) == "drop"
+
+
+def test_watch_options_are_ignored_with_a_warning_when_an_lrwatch_is_attached():
+    with pytest.warns(UserWarning, match="is ignored"):
+        trainer = make_trainer([lrwatch.LRWatch(), lrwatch.EarlyStepDrop(watch={"flush_every": 5})], RecordingLogger(),
+                               max_steps=2)
+        trainer.fit(Scheduled(None), digits_loader(batch_size=16))

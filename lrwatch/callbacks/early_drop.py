@@ -49,8 +49,8 @@ class EarlyStepDrop(Callback):
     Args:
         factor: drop factor with ExponentialLR or no scheduler (StepLR/MultiStepLR always use their own
             γ). Default: the scheduler's γ where it has one, else 0.1.
-        cooldown: optimizer steps after an early drop before another may be taken (the diagnosis windows
-            still hold pre-drop data for a while).
+        cooldown: optimizer steps after any drop (early or scheduled) before an early one may be taken;
+            and a diagnosis that started before the last drop is never acted on (it describes the old lr).
         patience: steps the diagnosis must have been active before acting.
         min_lr: never drop any group below this lr.
         max_drops: at most this many early drops in a run.
@@ -98,7 +98,8 @@ class EarlyStepDrop(Callback):
         self.max_drops, self.max_hold, self.momentum = max_drops, max_hold, momentum
         self.damp_beta, self.damp_steps = float(damp_beta), damp_steps
         self.couple_weight_decay, self.optimizer_index, self.decide_every = couple_weight_decay, optimizer_index, decide_every
-        self._own_watch = LRWatch(**{"warn": False, "log": False, **(watch or {})})  # validates `watch` now
+        self._watch_options = dict(watch or {})
+        self._own_watch = LRWatch(**{"warn": False, "log": False, **self._watch_options})  # validates `watch` now
 
         self.actions: list[Action] = []
         self._transients_logged = 0
@@ -143,13 +144,19 @@ class EarlyStepDrop(Callback):
         return self._patient(report, "lr_too_high", step)
 
     def _patient(self, report: Report, kind: str, step: int) -> bool:
+        """The diagnosis is open, started after the last drop (earlier evidence describes the old lr), and
+        has lasted ``patience`` steps."""
         starts = [d.start for d in report.diagnoses if d.kind == kind and d.end is None]
-        return bool(starts) and step - max(starts) >= self.patience
+        fresh = [s for s in starts if self._last_drop_step is None or s > self._last_drop_step]
+        return bool(fresh) and step - max(fresh) >= self.patience
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         attached = [cb for cb in trainer.callbacks if isinstance(cb, LRWatch)]
         self._watch = attached[0] if attached else self._own_watch
+        if attached and self._watch_options:
+            rank_zero_warn("EarlyStepDrop: an LRWatch is attached, so its measurement and thresholds are used and "
+                           f"watch={self._watch_options} is ignored.")
         if not attached:
             self._own_watch.on_fit_start(trainer, pl_module)
         optimizers = list(trainer.optimizers)
@@ -226,7 +233,6 @@ class EarlyStepDrop(Callback):
             before = [g["lr"] for g in self._optimizer.param_groups]
             factor = control.drop_now(self._optimizer, self._scheduler, self.factor, self.min_lr)
             self._drops_taken += 1
-            self._last_drop_step = step
             self._on_lr_change(before, step)
             reason = f"lr_too_high: next drop taken early (x{factor:.3g})"
         elif decision == "hold":
@@ -245,10 +251,12 @@ class EarlyStepDrop(Callback):
             rank_zero_warn(f"EarlyStepDrop at step {action.step}: {reason}; lr now {lr:.3g}.")
 
     def _on_lr_change(self, before: list[float], step: int) -> None:
-        """Optimizer state at a drop of the lr (ours or the schedule's)."""
+        """At any drop of the lr (ours or the schedule's): the cooldown restarts and the optimizer
+        state is handled."""
         after = [g["lr"] for g in self._optimizer.param_groups]
         if not before or not all(b > 0 and a < DROP_RATIO * b for a, b in zip(after, before)):
             return
+        self._last_drop_step = step
         if self.momentum == "reset":
             control.reset_momentum(self._optimizer)
         elif self.momentum == "damp":
