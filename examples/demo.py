@@ -1,10 +1,10 @@
 """lrwatch demo: three short runs on scikit-learn's bundled digits, each with LRWatch attached.
 
 - ``tuned``: SGD+momentum, lr 0.05, StepLR halving every 150 steps — nothing to flag.
-- ``too_high``: lr 1.0, the StepLR drop only at step 450 — the loss stalls while the displacement stays
-  large and erratic (``lr_too_high``).
-- ``too_aggressive``: ExponentialLR with α = 0.97 per step — the displacement collapses long before
-  the loss has converged (``decay_too_aggressive``).
+- ``diverging``: lr 1.0 with momentum 0.9 (an effective step of 10), StepLR drop only at step 450 — the
+  loss explodes within a few dozen steps (``diverging``, flagged while the values are still finite).
+- ``too_aggressive``: ExponentialLR with α = 0.97 per step — the lr collapses before the loss has
+  converged (``decay_too_aggressive``).
 
 Writes TensorBoard logs under LOGDIR (default ``runs/``), prints what LRWatch found, then runs
 ``lrwatch report`` on the logs and saves its figure. About a minute on a laptop CPU.
@@ -28,9 +28,9 @@ import lrwatch
 from lrwatch._lightning import pl
 
 RUNS = {
-    # name: (lr, scheduler factory, scheduler interval description)
+    # name: (lr, scheduler factory); every run is SGD with momentum 0.9, scheduler stepped per step
     "tuned": (0.05, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=150, gamma=0.5)),
-    "too_high": (1.0, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
+    "diverging": (1.0, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
     "too_aggressive": (0.05, lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.97)),
 }
 
