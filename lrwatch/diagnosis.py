@@ -63,6 +63,7 @@ from lrwatch.signature import (
     as_series,
     as_steps,
     block_medians,
+    check_positive_int,
     json_float,
     split_blocks,
     window_dot,
@@ -186,10 +187,7 @@ class Thresholds:
     lr_budget_fraction: float = 0.3
 
     def __post_init__(self):
-        for name in ("block", "window", "stall_windows", "diverge_recent", "diverge_window", "diverge_hold"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(self, "block", "window", "stall_windows", "diverge_recent", "diverge_window", "diverge_hold")
         for name in ("window", "diverge_window"):
             if getattr(self, name) % self.block:
                 raise ValueError(f"{name} must be a multiple of block ({self.block}), got {getattr(self, name)}")

@@ -285,7 +285,7 @@ class SignatureParams:
     jump_reach: int = 16
 
     def __post_init__(self):
-        _check_positive_int(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach")
+        check_positive_int(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach")
         if self.drop_window % self.block or self.drop_window < 2 * self.block:
             raise ValueError(
                 f"drop_window must be a multiple of block and at least 2 blocks, got {self.drop_window} "
@@ -298,7 +298,7 @@ class SignatureParams:
             raise ValueError(f"exp_bend must be a number >= 1, got {self.exp_bend!r}")
 
 
-def _check_positive_int(params, *names: str) -> None:
+def check_positive_int(params, *names: str) -> None:
     """ValueError naming the first of ``names`` that is not a positive int."""
     for name in names:
         value = getattr(params, name)

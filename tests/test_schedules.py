@@ -234,14 +234,19 @@ def test_first_contraction_step_worked_figures():
     assert first_contraction_step(StepDecay(1.0, 0.5, 10), 2.0, 100) == 10
 
 
+def schedule_and_simulated_lrs(params: tuple, n: int):
+    """A StepDecay for (eta0, gamma, period), an ExponentialDecay for (eta0, rate), with its first n lrs
+    from the step-by-step simulation."""
+    if len(params) == 3:
+        return StepDecay(*params), stepped_step_lrs(*params, n)
+    schedule = ExponentialDecay(*params)
+    return schedule, stepped_exp_lrs(params[0], schedule.alpha, n)
+
+
 @FAST
 @given(st.one_of(st.tuples(eta0s, gammas, periods), st.tuples(eta0s, rates)), st.floats(0.01, 1e3), st.integers(1, 300))
 def test_first_contraction_step_matches_gradient_descent_loop(params, curvature, max_steps):
-    if len(params) == 3:
-        schedule, lrs = StepDecay(*params), stepped_step_lrs(*params, max_steps)
-    else:
-        schedule = ExponentialDecay(*params)
-        lrs = stepped_exp_lrs(params[0], schedule.alpha, max_steps)
+    schedule, lrs = schedule_and_simulated_lrs(params, max_steps)
     # contraction of gradient descent along this direction: one step shrinks |w|, |1 - lr a| < 1
     expected = next((t for t, lr in enumerate(lrs) if abs(1 - lr * curvature) < 1), None)
     found = first_contraction_step(schedule, curvature, max_steps)
@@ -356,11 +361,7 @@ def test_momentum_steady_state_is_the_buffer_fixed_point(lr, grad, beta):
 @FAST
 @given(st.one_of(st.tuples(eta0s, gammas, periods), st.tuples(eta0s, rates)), st.floats(0.0, 1.0), st.integers(1, 100))
 def test_inverse_weight_decay_keeps_the_adamw_shrink_constant(params, wd0, n):
-    if len(params) == 3:
-        schedule, lrs = StepDecay(*params), stepped_step_lrs(*params, n)
-    else:
-        schedule = ExponentialDecay(*params)
-        lrs = stepped_exp_lrs(params[0], schedule.alpha, n)
+    schedule, lrs = schedule_and_simulated_lrs(params, n)
     weight_decay = inverse_weight_decay(schedule, wd0)
     coefficients = weight_decay(np.arange(n))
     shrinks = [1 - lr * coefficient for lr, coefficient in zip(lrs, coefficients)]  # AdamW's decoupled decay
