@@ -17,8 +17,9 @@ Per measured step it records, into a device ring buffer:
 - ``loss``: whatever the adapter assigns with `assign_loss` right after the step (NaN, and
   ``loss_assigned`` False, when none was).
 
-The ring is copied to pinned host memory with a non-blocking copy when it is full (at the next
-measured step's pre-hook, so an assigned loss is included). `drain` hands over the chunks whose copy
+The ring is copied to pinned host memory with a non-blocking copy when it is full: by
+`rotate_if_full` once the adapter has assigned the last step's loss, else at the next measured
+step's pre-hook. `drain` hands over the chunks whose copy
 has completed, checked with ``Event.query()``, so it never waits; a copy not yet read when the ring
 fills again is waited for then (it was issued a whole ring earlier, so it has long finished).
 `finish` collects everything (it does synchronise, and is meant for the end of training).
@@ -242,6 +243,13 @@ class StepMeter:
         self._ring_loss_assigned[self._fill - 1] = True
 
     # -- host side -------------------------------------------------------------------------------
+    def rotate_if_full(self) -> None:
+        """Start the host copy now if the ring is full. The adapter calls this right after assigning
+        the last step's loss, so a full ring reaches the host a step earlier than the next pre-hook
+        would send it (on CPU, at once). Never waits."""
+        if self._fill == self.flush_every:
+            self._rotate()
+
     def _rotate(self) -> None:
         """Start the host copy of the full ring and collect the previous copy (long finished)."""
         self._collect_pending()

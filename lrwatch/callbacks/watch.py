@@ -98,7 +98,8 @@ class LRWatch(Callback):
 
     Args:
         flush_every: measured steps kept on the device between host copies. Data reach the loggers
-            and the diagnosis one to two flushes after the step (the price of never syncing).
+            and the diagnosis at most one flush after the step, plus a step on a GPU (the price of
+            never syncing).
         every_n_steps: measure every k-th optimizer step only (the snapshot is skipped for the rest).
         diagnose: run the incremental `Analyzer` and log diagnoses.
         warn: warn once on rank zero for each new diagnosis.
@@ -161,7 +162,7 @@ class LRWatch(Callback):
         return list(self._find(name).transients)
 
     def last_step(self) -> int | None:
-        """The last step that has reached the analysis (data arrive one to two flushes late)."""
+        """The last step that has reached the analysis (data arrive up to a flush late)."""
         steps = [int(w.records[-1].steps[-1]) for w in self._watched if w.records]
         return min(steps) if steps else None
 
@@ -224,6 +225,7 @@ class LRWatch(Callback):
                     # so the sum over the micro-batches of a step is their mean loss.
                     scale = 1.0 if pl_module.automatic_optimization else 1.0 / self._loss_batches
                     w.meter.assign_loss(self._loss_sum * scale)
+            w.meter.rotate_if_full()
         if stepped:
             self._loss_sum, self._loss_batches = None, 0
         self._publish(trainer, final=False)
