@@ -150,7 +150,7 @@ def test_no_optimizer_warns_and_does_not_crash():
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),
-     ({"thresholds": "high"}, "thresholds"), ({"keep_records": 0}, "keep_records")],
+     ({"thresholds": "high"}, "thresholds"), ({"thresholds": {"windw": 50}}, "windw"), ({"keep_records": 0}, "keep_records")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
