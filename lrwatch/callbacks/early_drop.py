@@ -24,10 +24,9 @@ from lrwatch import tags
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks.watch import LRWatch
 from lrwatch.diagnosis import Report
+from lrwatch.interactions import DROP_RATIO
 
 MOMENTUM_MODES = ("keep", "reset", "damp")
-DROP_RATIO = 0.9
-"""An lr that falls below this fraction of its previous value in one step counts as a drop."""
 
 
 @dataclass(frozen=True)
