@@ -17,6 +17,7 @@ OVERHEAD_ARMS = {
     "bare": lambda: [],
     "LearningRateMonitor": lambda: [pl.callbacks.LearningRateMonitor(logging_interval="step")],
     "LRWatch()": lambda: [lrwatch.LRWatch()],
+    "LRWatch(log=False, diagnose=False)": lambda: [lrwatch.LRWatch(log=False, diagnose=False)],
     "LRWatch(every_n_steps=10)": lambda: [lrwatch.LRWatch(every_n_steps=10)],
 }
 """The arms both overhead benchmarks compare: each makes a fresh callback list per fit."""
