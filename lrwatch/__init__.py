@@ -5,7 +5,7 @@ The pure layers (``schedules``, ``signature``, ``diagnosis``) import numpy only,
 attribute access, which keeps ``import lrwatch`` cheap for offline analysis.
 """
 
-from lrwatch.diagnosis import Diagnosis, Report, analyze
+from lrwatch.diagnosis import Analyzer, Diagnosis, Report, analyze
 
 __version__ = "0.1.0"
 
@@ -15,7 +15,7 @@ _CALLBACKS = {
     "StabilityProbe": "lrwatch.callbacks.stability",
 }
 
-__all__ = ["Diagnosis", "Report", "analyze", *_CALLBACKS]
+__all__ = ["Analyzer", "Diagnosis", "Report", "analyze", *_CALLBACKS]
 
 
 def __getattr__(name: str):
