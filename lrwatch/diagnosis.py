@@ -43,9 +43,13 @@ one, so noise does not make them flicker):
   or the last ``diverge_recent`` values of the loss or of the gradient part (m itself when neither
   grad_norm nor lr is given, so an lr warmup can pass for growth) all above ``diverge_factor`` times
   the median of the ``diverge_window`` samples before them; a jump keeps the flag ``diverge_hold``
-  samples, so the flag shows before the first NaN. When the loss is given, a jump counts only while
-  the last ``diverge_recent`` losses are all above the loss's first running median (where the run
-  started): a too-high lr makes a low loss spike several-fold without the run blowing up.
+  samples, so the flag shows before the first NaN. The loss also has a reference from its first
+  samples: its *start level*, the median of its first ``diverge_start`` finite values, stands in for
+  its running median until the first window exists, so a run that blows up within its first
+  ``diverge_window`` steps is caught (the gradient part and m have none: they may rightly grow early,
+  under a warmup or leaving a flat initialisation). When the loss is given, a jump counts only while
+  the last ``diverge_recent`` losses are all above ``diverge_start_factor`` times the start level: a
+  too-high lr makes a loss that has fallen near 0 spike many-fold without the run blowing up.
 """
 
 from __future__ import annotations
@@ -160,6 +164,12 @@ class Thresholds:
     diverge_recent: consecutive samples a jump must last.
     diverge_window: samples in the running median a jump is measured against, a multiple of ``block``.
     diverge_hold: samples a jump keeps ``diverging`` active.
+    diverge_start: the loss's start level is the median of its first this many finite values; it is
+        the loss's reference until the first ``diverge_window`` samples exist.
+    diverge_start_factor: with a loss, a jump counts only while the last ``diverge_recent`` losses are
+        all above this times the start level. On the corpus's tuning split (benchmarks/
+        diagnosis_corpus.py, 25 runs that do not diverge, 4 that do) 1 / 2 / 3 / 4 / 6 / 8 gave 2 / 1 /
+        0 / 0 / 0 / 0 false alarms (too-high lrs' spikes from a loss near 0), all 4 caught before onset.
     decayed_fraction: the lr counts as decayed when at most this times its running peak (0.5, as in
         the corpus's labelling: a decayed lr is one at most half the initial).
     lr_budget_fraction: the lr has used little of its budget while its mean over the samples so far
@@ -183,11 +193,14 @@ class Thresholds:
     diverge_recent: int = 3
     diverge_window: int = 20
     diverge_hold: int = 50
+    diverge_start: int = 5
+    diverge_start_factor: float = 4.0
     decayed_fraction: float = 0.5
     lr_budget_fraction: float = 0.3
 
     def __post_init__(self):
-        check_positive_int(self, "block", "window", "stall_windows", "diverge_recent", "diverge_window", "diverge_hold")
+        check_positive_int(self, "block", "window", "stall_windows", "diverge_recent", "diverge_window", "diverge_hold",
+                           "diverge_start")
         for name in ("window", "diverge_window"):
             if getattr(self, name) % self.block:
                 raise ValueError(f"{name} must be a multiple of block ({self.block}), got {getattr(self, name)}")
@@ -196,7 +209,7 @@ class Thresholds:
             if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-        for name in ("erratic_cv", "diverge_factor", "sigmas"):
+        for name in ("erratic_cv", "diverge_factor", "diverge_start_factor", "sigmas"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("steady_ratio", "collapse_fraction", "healthy_fraction", "grad_keep", "decayed_fraction",
@@ -353,13 +366,16 @@ class Analyzer:
                 bad |= ~np.isfinite(series[name])
         nonfinite = np.logical_or.accumulate(np.concatenate([[self.nonfinite], bad]))[1:]
         self.nonfinite = bool(nonfinite[-1])
-        (growth_loss, above_start), (growth_jump, _) = (self.jump_refs.growth(c, table[c], index) for c in (LOSS, JUMP))
+        start = self.jump_refs.see_loss(table[LOSS], index)
+        (least_loss, growth_loss), (_, growth_jump) = (self.jump_refs.growth(c, table[c], index) for c in (LOSS, JUMP))
         growth = {LOSS: growth_loss, JUMP: growth_jump}
         self.jump_refs.forget_chunk()
-        with np.errstate(invalid="ignore"):
-            # a loss that jumps but stays below where the run started is a too-high lr's spike, not a
-            # blow-up: with a loss, a jump counts only once the loss is above its start (unknown: no)
-            climbed = above_start > 1 if "loss" in series else True
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # a loss that jumps from a level far below where the run started is a too-high lr's spike,
+            # not a blow-up: with a loss, a jump counts only while the last diverge_recent losses are
+            # all above diverge_start_factor times its start level (unknown, or a start <= 0: no)
+            above_start = np.where(start > 0, least_loss / start, np.nan)
+            climbed = above_start > t.diverge_start_factor if "loss" in series else True
             jump = ((growth[LOSS] > t.diverge_factor) | (growth[JUMP] > t.diverge_factor)) & climbed
         last_jump = np.maximum.accumulate(np.where(jump, index, self.last_jump))
         self.last_jump = int(last_jump[-1]) if len(last_jump) else self.last_jump
@@ -374,6 +390,7 @@ class Analyzer:
                         found[f"{name}_nonfinite"] = 1.0
                 return found
             return {"loss_growth": float(growth[LOSS][i]), displacement_side: float(growth[JUMP][i]),
+                    "loss_over_start": float(above_start[i]) if "loss" in series else math.nan,
                     "diverge_factor": t.diverge_factor, "recent_steps": float(t.diverge_recent)}
 
         return state, evidence
@@ -432,9 +449,14 @@ class _LrBudget:
 
 
 class _JumpRefs:
-    """Running medians that divergence jumps are measured against, one per block end, kept for the
-    last few blocks so each sample can look up the median of the window that ended before its
-    recent run (``diverge_recent`` samples) began."""
+    """References that divergence jumps are measured against.
+
+    Running medians, one per block end, kept for the last few blocks so each sample can look up the
+    median of the window that ended before its recent run (``diverge_recent`` samples) began; and the
+    loss's *start level*, the median of its first ``diverge_start`` finite values, which stands in for
+    the loss's running median until the first window exists (a run can blow up within its first
+    ``diverge_window`` steps) and tells a blow-up from a spike of a loss that had fallen far below it.
+    """
 
     def __init__(self, t: Thresholds):
         self.t = t
@@ -445,26 +467,37 @@ class _JumpRefs:
         self.recent = {c: Tail(t.diverge_recent - 1) for c in (LOSS, JUMP)}
         self.blocks = 0  # blocks added
         self.current = {c: self.refs[c].values for c in (LOSS, JUMP)}  # refs of the last chunk and a few before
-        self.start = {c: np.nan for c in (LOSS, JUMP)}  # the first finite running median: where the run started
+        self.opening = np.empty(0)  # the loss's first finite values, up to diverge_start of them
+        self.start = np.nan  # their median once there are diverge_start: the loss's start level
+        self.start_index = math.inf  # global sample index from which the start level is known
 
     def add(self, blocks: np.ndarray) -> None:
         """Take completed blocks (columns, n_blocks, block); call once per chunk, before `growth`."""
         for c in (LOSS, JUMP):
             medians = window_medians(self.block_medians[c].extend(block_medians(blocks[c])), self.k)
             self.current[c] = self.refs[c].extend(medians)
-            finite = medians[np.isfinite(medians)]
-            if np.isnan(self.start[c]) and len(finite):
-                self.start[c] = float(finite[0])
         self.blocks += blocks.shape[1]
 
     def forget_chunk(self) -> None:
         """Drop the refs of the chunk just analysed beyond the few kept (bounded state)."""
         self.current = {c: self.refs[c].values for c in (LOSS, JUMP)}
 
+    def see_loss(self, loss: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Take this chunk's losses (global sample indices ``index``) towards the start level; the
+        start level in force at each of its samples (NaN before the last of its samples)."""
+        need = self.t.diverge_start - len(self.opening)
+        if need > 0:
+            finite = np.flatnonzero(np.isfinite(loss))[:need]
+            self.opening = np.concatenate([self.opening, loss[finite]])
+            if len(finite) == need:
+                self.start, self.start_index = float(np.median(self.opening)), int(index[finite[-1]])
+        return np.where(index >= self.start_index, self.start, np.nan)
+
     def growth(self, column: int, values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Least of the last ``diverge_recent`` values at each sample over the running median of the
-        window that ended before those values began, and over the start (the first running median;
-        NaN until there is one). ``index``: global sample indices of ``values``."""
+        """Least of the last ``diverge_recent`` values at each sample, and its ratio to the running
+        median of the window that ended before those values began (for the loss, to the start level
+        while there is no such window yet; NaN where there is no reference). ``index``: global sample
+        indices of ``values``."""
         r, block = self.t.diverge_recent, self.t.block
         recent = self.recent[column].extend(values)
         smallest = recent[r - 1 :].copy()
@@ -479,9 +512,12 @@ class _JumpRefs:
             per_sample = np.concatenate([np.full(-start, np.nan), per_sample])
             start = 0
         ref = per_sample[start : start + len(values)]
+        if column == LOSS:  # before the first window: the start level, once known before the recent run
+            began = index - r + 1
+            early = (began > self.start_index) & (began < self.t.diverge_window)
+            ref = np.where(early, self.start, ref)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            start = self.start[column]
-            return np.where(ref > 0, smallest / ref, np.nan), smallest / start if start > 0 else smallest * np.nan
+            return smallest, np.where(ref > 0, smallest / ref, np.nan)
 
 
 def _validated(displacement, loss, lr, grad_norm) -> dict[str, np.ndarray]:
@@ -621,7 +657,7 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
     growth, series = max(((v, k) for k, v in e.items() if k.endswith("_growth")), default=(math.nan, "values"))
     label = series.removesuffix("_growth").replace("grad", "gradient")
     return (
-        f"The {label} rose {growth:.1f}x above its running median for {t.diverge_recent} steps: training is "
+        f"The {label} rose {growth:.1f}x above its recent level for {t.diverge_recent} steps: training is "
         f"diverging; lower the lr now (or clip gradients) before it turns NaN."
     )
 

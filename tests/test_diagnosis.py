@@ -343,6 +343,8 @@ def test_thresholds_are_adjustable_by_name():
      ({"displacement": [0.1], "resume_gain": -1.0}, "resume_gain"),
      ({"displacement": [0.1], "collapse_fraction": 0.9}, "collapse_fraction"),
      ({"displacement": [0.1], "diverge_factor": 0.0}, "diverge_factor"),
+     ({"displacement": [0.1], "diverge_start": 0}, "diverge_start"),
+     ({"displacement": [0.1], "diverge_start_factor": -1.0}, "diverge_start_factor"),
      ({"displacement": [0.1], "lr_budget_fraction": 0.0}, "lr_budget_fraction"),
      ({"displacement": [0.1], "decayed_fraction": 1.5}, "decayed_fraction"),
      ({"displacement": [0.1], "erratic_cv": "high"}, "erratic_cv"),
@@ -351,6 +353,65 @@ def test_thresholds_are_adjustable_by_name():
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         analyze(**kwargs)
+
+
+def test_a_blow_up_before_the_first_window_is_diverging_against_the_loss_start_level():
+    # loss 1 for 5 steps, then doubling: the start level (median of the first 5) is 1, known at sample
+    # 4; at sample 9 the least of the last 3 losses (8, 16, 32) is 8 > 4 times it, 13 samples before
+    # the first window of 20 exists
+    [d] = analyze(np.ones(40), loss=np.r_[np.ones(5), 2.0 ** np.arange(1, 36)]).diagnoses
+    assert (d.kind, d.start, d.end) == ("diverging", 9, None)
+    assert (d.evidence["loss_growth"], d.evidence["loss_over_start"]) == (8.0, 8.0)
+    # a longer start sample delays it: with 8 values (median still 1, known at sample 7) the recent
+    # run must begin at 8, so the first chance is sample 10 (16, 32, 64); so does a factor of 8
+    assert analyze(np.ones(40), loss=np.r_[np.ones(5), 2.0 ** np.arange(1, 36)], diverge_start=8).diagnoses[0].start == 10
+    assert analyze(np.ones(40), loss=np.r_[np.ones(5), 2.0 ** np.arange(1, 36)],
+                   diverge_start_factor=8.0, diverge_factor=8.0).diagnoses[0].start == 10
+
+
+def test_a_displacement_growing_from_the_first_steps_without_a_loss_is_not_diverging():
+    # a linear warmup seen through m alone: m has no start-level reference, and against its running
+    # median (the 20 samples before) it never grows 4x
+    assert analyze(np.arange(1.0, 201.0)).diagnoses == []
+
+
+def early_blow_up(seed: int, n: int = 60) -> dict[str, np.ndarray]:
+    """A noisy loss that starts growing geometrically within the first 20 steps; m flat."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    at = int(rng.integers(0, 20))
+    growth = rng.uniform(1.05, 3.0) ** (t - at).clip(0)
+    return {"displacement": np.ones(n), "loss": rng.uniform(0.5, 2.0) * rng.lognormal(0, 0.5, n) * growth}
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), cuts=st.lists(st.integers(1, 59), max_size=10))
+def test_an_early_blow_up_is_flagged_where_an_independent_computation_says(seed, cuts):
+    """Before the first window (recent run starting at a sample < diverge_window) the rule is: least
+    of the last 3 losses > 4 x the median of the first 5, the recent run starting after them.
+    Any chunking gives the same report."""
+    run = early_blow_up(seed)
+    loss, recent, window = run["loss"], 3, Thresholds().diverge_window
+    start = np.median(loss[:5])
+    early = [i for i in range(5 + recent - 1, window + recent - 1) if loss[i - recent + 1 : i + 1].min() > 4 * start]
+    report = analyze(**run)
+    starts = [d.start for d in report.diagnoses if d.kind == "diverging"]
+    if early:
+        assert starts[0] == early[0]
+    else:
+        assert not starts or starts[0] >= window + recent - 1
+    analyzer = Analyzer()
+    for a, b in zip([0, *sorted(set(cuts))], [*sorted(set(cuts)), 60]):
+        analyzer.update(**{k: v[a:b] for k, v in run.items()})
+    assert analyzer.report() == report
+
+
+@pytest.mark.parametrize("height, flagged", [(6.0, False), (10.0, True)])
+def test_a_jump_counts_only_above_four_times_the_loss_start_level(height, flagged):
+    # the loss falls from 2.0 (start level: median of the first 5, 1.96) to 0.01 and jumps 600x or
+    # 1000x for 10 steps: to 3.1x its start level a too-high lr's spike, to 5.1x a blow-up
+    loss = np.r_[np.linspace(2.0, 0.01, 100), np.full(50, 0.01), np.full(10, height), np.full(40, 0.01)]
+    assert triples(analyze(np.ones(200), loss=loss)) == ([("diverging", 152, None)] if flagged else [])
 
 
 def test_a_loss_spike_below_where_the_run_started_is_not_diverging():
