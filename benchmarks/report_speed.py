@@ -30,7 +30,7 @@ import numpy as np
 
 from lrwatch import tags
 from lrwatch.cli import main
-from lrwatch.tensorboard import _masked_crc32c
+from lrwatch.event_files import _masked_crc32c
 
 GOAL_SECONDS = 10.0
 FLUSH_EVERY = 50  # LRWatch's default: diagnosis flags are logged once per flush

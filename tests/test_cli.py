@@ -1,4 +1,5 @@
-"""`lrwatch report` and the event-file reader behind it, on event files written by real Lightning runs.
+"""`lrwatch report` and the run reading behind it (``lrwatch.tensorboard``), on event files written by real
+Lightning runs. The event-file decoder itself is tested in ``test_event_files.py``.
 
 Two runs are trained once per module on scikit-learn's bundled digits (conftest's DigitsMLP, StepLR stepped
 every optimizer step):
@@ -20,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter
@@ -33,13 +33,9 @@ from lrwatch._lightning import Callback, pl
 from lrwatch.cli import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, main
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.signature import Signature
-from lrwatch import tensorboard as tensorboard_module
 from lrwatch.tensorboard import (
     LIGHTNING_STEP_OFFSET,
     _latest_per_step,
-    _masked_crc32c,
-    _read_event_file,
-    _walk_records,
     custom_scalars_layout,
     diagnoses_markdown,
     read_runs,
@@ -197,16 +193,6 @@ def test_lightning_tags_are_shifted_onto_the_optimizer_step_axis(logs):
     (monitor_track,) = read_runs(logdir, run="monitor")["monitor"].tracks
     np.testing.assert_array_equal(monitor_track.steps, np.arange(1, MAX_STEPS + 1))
     np.testing.assert_allclose(monitor_track.analysis_lr, lr_used["monitor"], rtol=1e-7)
-
-
-def test_reader_equals_tensorboards_event_file_loader_on_lightning_files(logs):
-    logdir, _ = logs
-    files = sorted(logdir.rglob("events.out.tfevents.*"))
-    assert len(files) == 2
-    for path in files:
-        scalars, n_records, problem = _read_event_file(path)
-        assert problem is None
-        assert _decoded(scalars) == _tensorboard_scalars(path)
 
 
 def test_progress_lines_go_to_stderr_and_keep_json_clean(logs, capsys):
@@ -427,114 +413,14 @@ def test_bad_arguments_are_one_line(capsys, argv):
 # ---- reader units --------------------------------------------------------------------------------------------
 
 
-def _decoded(scalars) -> list[tuple[str, int, float]]:
-    rows = sorted(zip(scalars.order.tolist(), scalars.tag.tolist(), scalars.step.tolist(), scalars.value.tolist()))
-    return [(scalars.tag_names[t], s, v) for _, t, s, v in rows]
-
-
-def _tensorboard_scalars(path) -> list[tuple[str, int, float]]:
-    """Every 0-d numeric value of an event file, in order, through TensorBoard's own loader."""
-    found = []
-    for event in EventFileLoader(str(path)).Load():
-        for value in event.summary.value:
-            if value.HasField("tensor"):
-                array = tensor_util.make_ndarray(value.tensor)
-                if array.ndim == 0 and array.dtype.kind in "biuf":
-                    found.append((value.tag, event.step, float(array)))
-    return found
-
-
-_TAG_NAMES = ["lrwatch/displacement", "loss", "lr-SGD/pg1", "ü/ünïcode", "t" * 130]  # 130: two-byte length
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    events=st.lists(
-        st.tuples(
-            st.sampled_from(_TAG_NAMES),
-            st.one_of(st.integers(0, 300), st.integers(0, 2**40), st.integers(-(2**40), -1)),
-            st.floats(width=32, allow_nan=True, allow_infinity=True),
-            st.booleans(),
-        ),
-        min_size=1,
-        max_size=40,
-    )
-)
-def test_reader_equals_event_file_loader_on_any_scalars(tmp_path_factory, events):
-    """Simple and tensor (new_style) scalars, any step including 0 and negatives, NaN/Inf, long tags."""
-    logdir = tmp_path_factory.mktemp("prop")
-    with SummaryWriter(str(logdir)) as writer:
-        for tag, step, value, new_style in events:
-            writer.add_scalar(tag, value, step, new_style=new_style)
-    (path,) = logdir.glob("events.out.tfevents.*")
-    scalars, n_records, problem = _read_event_file(path)
-    assert problem is None and n_records == len(events) + 1  # + the file-version record
-    mine, reference = _decoded(scalars), _tensorboard_scalars(path)
-    assert [(t, s) for t, s, _ in mine] == [(t, s) for t, s, _ in reference]
-    np.testing.assert_array_equal([v for *_, v in mine], [v for *_, v in reference])
-
-
-@given(
-    lengths=st.lists(
-        st.tuples(st.lists(st.integers(0, 40), min_size=1, max_size=5), st.integers(1, 300)), min_size=1, max_size=6
-    ),
-    tail=st.integers(0, 30),
-)
-def test_walk_in_bulk_finds_the_record_by_record_offsets(lengths, tail):
-    """Repeating length patterns (bulk walk) broken by other patterns, then a partial record or junk tail."""
-    record_lengths = [n for pattern, repeats in lengths for n in pattern * repeats]
-    raw = b"".join(n.to_bytes(8, "little") + bytes(8 + n) for n in record_lengths) + bytes(range(tail))
-    offsets, walked_lengths, stop = _walk_records(raw)
-    expected, position = [], 0
-    while position + 12 <= len(raw):
-        end = position + 16 + int.from_bytes(raw[position : position + 8], "little")
-        if end > len(raw):
-            break
-        expected.append(position)
-        position = end
-    np.testing.assert_array_equal(offsets, expected)
-    np.testing.assert_array_equal(walked_lengths, [int.from_bytes(raw[o : o + 8], "little") for o in expected])
-    assert stop == position
-
-
-def test_checksums_equal_tensorboards_for_every_batching():
-    """300 records of one length (passes of their own), 60 of scattered lengths (sharing passes), one long one,
-    empty ones: each equals TensorBoard's pure-Python masked CRC-32C."""
-    rng = np.random.default_rng(0)
-    lengths = np.concatenate([np.full(300, 40), rng.integers(1, 200, 60), [5000], [0, 0]])
-    rng.shuffle(lengths)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    raw = rng.bytes(int(lengths.sum()))
-    mine = _masked_crc32c(np.frombuffer(raw, dtype=np.uint8), offsets, lengths)
-    expected = [masked_crc32c(raw[o : o + n]) for o, n in zip(offsets.tolist(), lengths.tolist())]
-    np.testing.assert_array_equal(mine, expected)
-
-
-def test_reader_skips_histograms_images_and_text_but_keeps_every_scalar(tmp_path):
-    rng = np.random.default_rng(0)
+def test_series_keep_the_order_their_tags_first_appear_in(tmp_path):
+    """A tensor scalar (decoded after the add_scalar-layout records) written first still comes first."""
     with SummaryWriter(str(tmp_path)) as writer:
-        for step in range(1, 41):
+        for step in range(1, 4):
+            writer.add_scalar(tags.LOSS, 1.0 / step, step, new_style=True)
+            writer.add_histogram("weights", np.arange(10.0) * step, step)
             writer.add_scalar(tags.DISPLACEMENT, 1.0 / step, step)
-            writer.add_histogram("weights", rng.normal(size=100 + step), step)
-            if step % 10 == 0:
-                writer.add_image("sample", rng.random((3, 32, 32)), step)
-                writer.add_text(tags.DIAGNOSES_TEXT, "| a |\n|---|\n| b |" * step, step)
-            writer.add_scalar(tags.lr_tag("SGD"), 0.1, step)
-    (path,) = tmp_path.glob("events.out.tfevents.*")
-    scalars, n_records, problem = _read_event_file(path)
-    assert problem is None and n_records == 1 + 40 * 3 + 4 * 2
-    assert _decoded(scalars) == _tensorboard_scalars(path)
-    assert list(read_runs(tmp_path)["."].scalars) == [tags.DISPLACEMENT, tags.lr_tag("SGD")]  # first-seen order
-
-
-def test_tag_hash_collisions_fall_back_to_exact_comparison(tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorboard_module, "_HASH_MULTIPLIER", np.uint64(0))  # hash = last 8 bytes only
-    with SummaryWriter(str(tmp_path)) as writer:
-        for step in range(1, 5):
-            writer.add_scalar("x_loss/grad_norm", 1.0, step)
-            writer.add_scalar("y_loss/grad_norm", 2.0, step)
-    (path,) = tmp_path.glob("events.out.tfevents.*")
-    assert _decoded(_read_event_file(path)[0]) == _tensorboard_scalars(path)
+    assert list(read_runs(tmp_path)["."].scalars) == [tags.LOSS, tags.DISPLACEMENT]
 
 
 @given(st.lists(st.integers(-5, 20), min_size=1, max_size=30))
