@@ -305,3 +305,21 @@ def test_per_group_displacement_and_weight_decay():
     np.testing.assert_allclose(np.hypot(*records.group_displacement.T), records.displacement, rtol=1e-12)
     np.testing.assert_array_equal(records.weight_decay, [[0.1, 0.01]] * 5)  # AdamW's default 1e-2 for the head
     np.testing.assert_array_equal(records.lr, [[1e-2, 3e-3]] * 5)
+
+
+def test_grad_scaler_skipped_steps_are_not_measured_and_grads_are_unscaled():
+    """torch.amp.GradScaler skips optimizer.step() on non-finite gradients: the hooks never fire, so the
+    skipped iteration leaves no record; the recorded gradient norm is the unscaled one."""
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    meter = StepMeter(optimizer).attach()
+    for t in range(4):
+        optimizer.zero_grad()
+        scaler.scale((w * (float("inf") if t == 1 else 1.0)).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    records = meter.finish()
+    assert meter.steps_taken == 3 and records.steps.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(records.displacement, [0.1 * np.sqrt(3)] * 3, rtol=1e-12)
+    np.testing.assert_allclose(records.grad_norm, [np.sqrt(3)] * 3, rtol=1e-12)
