@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from lrwatch import schedule_control as control
 from lrwatch import tags
 from lrwatch._lightning import Callback, rank_zero_warn
+from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.callbacks.watch import LRWatch
 from lrwatch.diagnosis import Report
 from lrwatch.interactions import DROP_RATIO
@@ -245,7 +246,7 @@ class EarlyStepDrop(Callback):
         self.actions.append(action)
         if trainer.is_global_zero:
             value = lr if decision == "drop" else float(decision == "hold")
-            self._log(trainer, {tags.action_tag(decision if decision == "drop" else "hold"): value}, action.step)
+            log_metrics(trainer, {tags.action_tag(decision if decision == "drop" else "hold"): value}, action.step)
             self._write_text(trainer, action.step)
             rank_zero_warn(f"EarlyStepDrop at step {action.step}: {reason}; lr now {lr:.3g}.")
 
@@ -274,21 +275,14 @@ class EarlyStepDrop(Callback):
         transients = self.transients
         if self._watch is self._own_watch and trainer.is_global_zero:
             for step, ratio in transients[self._transients_logged:]:
-                self._log(trainer, {tags.MOMENTUM_TRANSIENT: ratio}, step)
+                log_metrics(trainer, {tags.MOMENTUM_TRANSIENT: ratio}, step)
         self._transients_logged = len(transients)
-
-    @staticmethod
-    def _log(trainer, metrics: dict[str, float], step: int) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
 
     def _write_text(self, trainer, step: int) -> None:
         lines = ["| step | action | lr after | reason |", "|---|---|---|---|"]
         lines += [f"| {a.step} | {a.kind} | {a.lr:.3g} | {a.reason} |" for a in self.actions[-50:]]
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_text"):
-                experiment.add_text(tags.action_tag("summary"), "\n".join(lines), step)
+        for experiment in summary_writers(trainer):
+            experiment.add_text(tags.action_tag("summary"), "\n".join(lines), step)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

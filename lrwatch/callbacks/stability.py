@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lrwatch import tags
 from lrwatch._lightning import Callback, pl, rank_zero_warn
+from lrwatch.callbacks._logging import log_metrics
 from lrwatch.diagnosis import Diagnosis
 from lrwatch.hessian import UpdateRule, top_hessian_eigenvalue, update_rule
 
@@ -171,8 +172,7 @@ class StabilityProbe(Callback):
             metrics.update({CEILING_TAG: rule.ceiling, RATIO_TAG: ratio, **_group_ceilings(trainer, rule)})
             metrics[DIAGNOSIS_TAG] = float(self._track(step, rule, sharpness, ratio))
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+            log_metrics(trainer, metrics, step)
 
     def _sharpness(self, rule: UpdateRule, pl_module, batch, batch_idx) -> tuple[float | None, float | None, int]:
         """(largest eigenvalue of P⁻¹H, the dominant negative one if any, iterations); None when not measurable."""

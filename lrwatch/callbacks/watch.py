@@ -14,6 +14,7 @@ import torch
 
 from lrwatch import tags
 from lrwatch._lightning import Callback, rank_zero_warn
+from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.diagnosis import Analyzer, Diagnosis, Report
 from lrwatch.interactions import BASELINE_STEPS, WeightDecayFade, adam_bias_factor, momentum_transients
 from lrwatch.measure import StepMeter, StepRecords
@@ -274,11 +275,6 @@ class LRWatch(Callback):
             w.weight_decay.update(chunk.steps, chunk.lr, chunk.weight_decay)
         return found
 
-    @staticmethod
-    def _log(trainer, metrics: dict[str, float], step: int) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-
     def _log_chunk(self, trainer, w: _Watched, chunk: StepRecords, has_loss: bool, report: Report | None,
                    transients: list[tuple[int, float]]) -> None:
         """One log_metrics call per step, steps increasing. Diagnosis flags are per step too: the
@@ -305,7 +301,7 @@ class LRWatch(Callback):
         names = list(series)
         sparse = {step: {tags.series_tag(tags.MOMENTUM_TRANSIENT, suffix): ratio} for step, ratio in transients}
         for step, values in zip(chunk.steps.tolist(), np.column_stack(list(series.values())).tolist()):
-            self._log(trainer, {**dict(zip(names, values)), **sparse.get(step, {})}, step)
+            log_metrics(trainer, {**dict(zip(names, values)), **sparse.get(step, {})}, step)
 
     def _announce(self, trainer, w: _Watched, report: Report, last_step: int) -> None:
         """Warn once per new diagnosis; rewrite the text summary when the diagnoses changed."""
@@ -319,15 +315,8 @@ class LRWatch(Callback):
             w.summarized = summary
             self._write_text(trainer, w, report, last_step)
 
-    def _experiments(self, trainer):
-        """SummaryWriters of the TensorBoard loggers (text and layouts are TensorBoard-only)."""
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_text"):
-                yield experiment
-
     def _write_text(self, trainer, w: _Watched, report: Report, step: int) -> None:
-        for experiment in self._experiments(trainer):
+        for experiment in summary_writers(trainer):
             experiment.add_text(tags.series_tag(tags.DIAGNOSES_TEXT, w.series_suffix), diagnoses_markdown(report), step)
 
     def _write_layout(self, trainer) -> None:
@@ -335,7 +324,7 @@ class LRWatch(Callback):
             return
         lr_tags = [t for w in self._watched for t in w.lr_tags]
         suffixes = [w.series_suffix for w in self._watched if w.series_suffix]
-        for experiment in self._experiments(trainer):
+        for experiment in summary_writers(trainer):
             write_layout(experiment, custom_scalars_layout(lr_tags, suffixes or None))
 
     # -- checkpointing ---------------------------------------------------------------------------
