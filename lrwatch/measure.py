@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lrwatch._checks import require_int
+
 DISPLACEMENT, GRAD_NORM, LOSS = 0, 1, 2
 _FIRST_LR_COLUMN = 3
 
@@ -125,9 +127,8 @@ class StepMeter:
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_int("flush_every", flush_every)
+        require_int("every_n_steps", every_n_steps)
         self.optimizer = optimizer
         self.flush_every = flush_every
         self.every_n_steps = every_n_steps

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 from lrwatch import schedule_control as control
 from lrwatch import tags
+from lrwatch._checks import require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.callbacks.watch import LRWatch
@@ -84,8 +85,7 @@ class EarlyStepDrop(Callback):
         for name, value, low in (("cooldown", cooldown, 0), ("patience", patience, 0), ("max_drops", max_drops, 0),
                                  ("max_hold", max_hold, 0), ("damp_steps", damp_steps, 1),
                                  ("optimizer_index", optimizer_index, 0), ("decide_every", decide_every, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            require_int(name, value, low)
         if not (isinstance(min_lr, (int, float)) and min_lr >= 0):
             raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}")
         if momentum not in MOMENTUM_MODES:

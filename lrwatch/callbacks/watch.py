@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lrwatch import tags
+from lrwatch._checks import require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.diagnosis import Analyzer, Diagnosis, Report
@@ -125,8 +126,7 @@ class LRWatch(Callback):
         keep_records: int = 1_000_000,
     ) -> None:
         for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps), ("keep_records", keep_records)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(name, value)
         if thresholds is not None and not isinstance(thresholds, dict):
             raise ValueError(f"thresholds must be a dict of Analyzer keyword arguments, got {thresholds!r}")
         self.flush_every = flush_every
