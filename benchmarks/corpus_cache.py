@@ -1,6 +1,6 @@
 """Build the diagnosis corpus once and keep it in ``benchmarks/_cache/corpus_v<N>.npz`` (gitignored).
 
-The file holds every run's four series concatenated (``offsets`` marks where each run starts), the
+The file holds every run's six series concatenated (``offsets`` marks where each run starts), the
 checkpoint labels as columns, and a JSON header with the run specs, ground truth and the labelling
 constants. The header doubles as a fingerprint: a cache built from other specs or constants is rebuilt
 rather than silently reused.
@@ -21,9 +21,9 @@ from corpus_runs import Checkpoint, Labelling, RunRecord, RunSpec, train_run
 from corpus_specs import corpus_specs
 
 #: Bump when the meaning of a stored field changes.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 CACHE_DIR = Path(__file__).resolve().parent / "_cache"
-SERIES = ("displacement", "lr", "grad_norm", "loss")
+SERIES = ("displacement", "lr", "grad_norm", "loss", "descent", "momentum")
 _CHECKPOINT_FIELDS = tuple(f.name for f in dataclasses.fields(Checkpoint))
 
 

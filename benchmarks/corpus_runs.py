@@ -6,7 +6,10 @@ update (0-based), the default ``steps`` of ``lrwatch.analyze``.
 * ``lr[t]``          the learning rate of param group 0 used by update t,
 * ``displacement[t]`` ||w after update t − w before update t||₂ over all parameters (float64),
 * ``grad_norm[t]``   ||g||₂ of the minibatch gradient that update t used (float64),
-* ``loss[t]``        the minibatch loss at the weights before update t (the loss whose gradient it used).
+* ``loss[t]``        the minibatch loss at the weights before update t (the loss whose gradient it used),
+* ``descent[t]``     −⟨w after update t − w before it, g_t⟩ in float64: the first-order decrease of that
+                     minibatch loss the update promised (what ``lrwatch``'s StepMeter logs),
+* ``momentum[t]``    the optimizer's momentum coefficient β (SGD's momentum, Adam's β₁; 0 for plain SGD).
 
 So for plain SGD ``displacement[t] == lr[t] * grad_norm[t]`` (up to float32 rounding of the weights).
 A *drop* of a step schedule is the first index whose update used the lower lr: with ``StepLR(step_size=T)``
@@ -149,6 +152,8 @@ class RunRecord:
     lr: np.ndarray
     grad_norm: np.ndarray
     loss: np.ndarray
+    descent: np.ndarray
+    momentum: np.ndarray
     start_loss: float
     drops: list[int]
     first_nonfinite: int | None
@@ -185,22 +190,24 @@ def _norm64(tensors) -> float:
     return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
 
 
-def step_and_measure(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> float:
-    """Run ``optimizer.step()`` and return ||w_after − w_before||₂ over ``params``, differences and
-    sum of squares in float64 (the exact displacement of the update; non-finite if the weights are)."""
+def step_and_measure(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> tuple[float, float]:
+    """Run ``optimizer.step()`` and return (||w_after − w_before||₂, −⟨w_after − w_before, g⟩) over
+    ``params``, in float64 (exact for the update; non-finite if the weights are)."""
     before = [p.detach().clone() for p in params]
     optimizer.step()
-    return _norm64(p.detach().double() - b.double() for p, b in zip(params, before))
+    steps = [p.detach().double() - b.double() for p, b in zip(params, before)]
+    descent = -sum(float((s * p.grad.double()).sum()) for s, p in zip(steps, params) if p.grad is not None)
+    return _norm64(steps), descent
 
 
-def train_update(task: Task, model, optimizer, batch: np.ndarray) -> tuple[float, float, float]:
-    """One minibatch update; returns (minibatch loss before it, gradient norm, displacement)."""
+def train_update(task: Task, model, optimizer, batch: np.ndarray) -> tuple[float, float, float, float]:
+    """One minibatch update; returns (minibatch loss before it, gradient norm, displacement, descent)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
     loss = task.loss(model(task.inputs[batch]), task.targets[batch])
     loss.backward()
     grad_norm = _norm64(p.grad for p in params if p.grad is not None)
-    return float(loss.detach()), grad_norm, step_and_measure(optimizer, params)
+    return float(loss.detach()), grad_norm, *step_and_measure(optimizer, params)
 
 
 def _branch_loss(task, spec, model, optimizer, scheduler, batches: np.ndarray, lr: float) -> float:
@@ -272,30 +279,33 @@ def train_run(spec: RunSpec, labelling: Labelling = Labelling()) -> RunRecord:
     optimizer = build_optimizer(spec.optimizer, model.parameters(), spec.lr)
     scheduler = build_scheduler(spec, optimizer)
     start_loss = task.full_loss(model)
-    series = np.full((4, n_steps), np.nan)  # displacement, lr, grad_norm, loss
+    series = np.full((6, n_steps), np.nan)  # displacement, lr, grad_norm, loss, descent, momentum
     checkpoints = set(labelling.checkpoints(n_steps))
     labels: list[Checkpoint] = []
     diverged = False
     with np.errstate(all="ignore"):
         for t in range(n_steps):
-            series[1, t] = optimizer.param_groups[0]["lr"]
-            series[3, t], series[2, t], series[0, t] = train_update(task, model, optimizer, batches[t])
+            group = optimizer.param_groups[0]
+            series[1, t], series[5, t] = group["lr"], group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+            series[3, t], series[2, t], series[0, t], series[4, t] = train_update(task, model, optimizer, batches[t])
             if scheduler is not None:
                 scheduler.step()
             diverged = diverged or bool(_divergent(series[3, t], series[0, t], start_loss))
             if t in checkpoints and not diverged:
                 window = batches[t + 1 : t + 1 + labelling.window]
                 labels.append(label_checkpoint(task, spec, model, optimizer, scheduler, t, window, start_loss))
-    displacement, lr, grad_norm, loss = series
+    displacement, lr, grad_norm, loss, descent, momentum = series
     return RunRecord(
         spec=spec,
         displacement=displacement,
         lr=lr,
         grad_norm=grad_norm,
         loss=loss,
+        descent=descent,
+        momentum=momentum,
         start_loss=start_loss,
         drops=spec.true_drops(n_steps),
-        first_nonfinite=_first(~np.isfinite(series).all(axis=0)),
+        first_nonfinite=_first(~np.isfinite(series[:4]).all(axis=0)),
         divergence_step=_first(_divergent(loss, displacement, start_loss)),
         checkpoints=labels,
     )

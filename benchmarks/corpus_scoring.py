@@ -3,7 +3,8 @@
 ``analyze`` is passed in (the CLI imports ``lrwatch.analyze`` lazily), so this module runs against any
 function with its contract. Two ways of calling it:
 
-* full information, ``analyze(m, loss, lr=lr, grad_norm=g)``: what the LRWatch callback has online;
+* full information, ``analyze(m, loss, lr=lr, grad_norm=g, descent=d, momentum=β)``: what the LRWatch
+  callback has online;
   used for the kind "with lr", the checkpoint diagnoses and divergence,
 * displacement only, ``analyze(m, loss)``: for the kind and the drop steps read off the displacement.
 
@@ -62,16 +63,19 @@ def _first_start(report, kind: str) -> int | None:
 
 def predict_run(record: RunRecord, analyze) -> RunPrediction:
     """Run ``analyze`` on one record in every way the scores need."""
-    m, loss, lr, g = record.displacement, record.loss, record.lr, record.grad_norm
-    full = analyze(m, loss, lr=lr, grad_norm=g)
+    m, loss = record.displacement, record.loss
+    known = {"lr": record.lr, "grad_norm": record.grad_norm, "descent": record.descent, "momentum": record.momentum}
+
+    def cut(end: int) -> dict:
+        return {name: values[:end] for name, values in known.items()}
+
+    full = analyze(m, loss, **known)
     blind = analyze(m, loss)
-    flags = []
-    for c in record.checkpoints:
-        cut = slice(0, c.step + 1)
-        flags.append(list(analyze(m[cut], loss[cut], lr=lr[cut], grad_norm=g[cut]).active(c.step)))
+    flags = [list(analyze(m[: c.step + 1], loss[: c.step + 1], **cut(c.step + 1)).active(c.step))
+             for c in record.checkpoints]
     if record.diverged:
         onset = record.divergence_step
-        before = analyze(m[:onset], loss[:onset], lr=lr[:onset], grad_norm=g[:onset]) if onset > 0 else None
+        before = analyze(m[:onset], loss[:onset], **cut(onset)) if onset > 0 else None
         diverging_start = None if before is None else _first_start(before, DIVERGING)
     else:
         diverging_start = _first_start(full, DIVERGING)

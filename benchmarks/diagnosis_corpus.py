@@ -148,7 +148,7 @@ def run_details(record: RunRecord, prediction: scoring.RunPrediction | None) -> 
         "truth": {"kind": scoring.true_kind(record), "drops": record.drops, "start_loss": record.start_loss,
                   "first_nonfinite": record.first_nonfinite, "divergence_step": record.divergence_step},
         "series": {"displacement": record.displacement, "lr": record.lr, "grad_norm": record.grad_norm,
-                   "loss": record.loss},
+                   "loss": record.loss, "descent": record.descent, "momentum": record.momentum},
         "checkpoints": checkpoints,
         "prediction": None if prediction is None else dataclasses.asdict(prediction),
     })

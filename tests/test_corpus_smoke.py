@@ -42,6 +42,8 @@ def test_lr_series_follows_the_schedule_and_drops_are_where_it_falls(runs):
 def test_sgd_displacement_is_lr_times_gradient_norm_of_the_same_update(runs):
     sgd = runs[SGD_RUN]
     np.testing.assert_allclose(sgd.displacement, sgd.lr * sgd.grad_norm, rtol=1e-4)
+    np.testing.assert_allclose(sgd.descent, sgd.lr * sgd.grad_norm**2, rtol=1e-4)  # -<-lr g, g>
+    assert (sgd.momentum == 0).all() and (runs[STEP_RUN].momentum == 0.9).all() and (runs[EXP_RUN].momentum == 0.9).all()
 
 
 def test_checkpoints_are_labelled_and_keep_branch_replays_the_run(runs):
@@ -94,11 +96,14 @@ def test_displacement_matches_flattened_parameter_vectors(optimizer):
         opt.zero_grad()
         task.loss(model(task.inputs[batch]), task.targets[batch]).backward()
         before = torch.nn.utils.parameters_to_vector(params).detach().double()
-        measured = step_and_measure(opt, params)
+        grad = torch.cat([p.grad.flatten() for p in params]).double()
+        measured, descent = step_and_measure(opt, params)
         after = torch.nn.utils.parameters_to_vector(params).detach().double()
         reference = float(torch.linalg.vector_norm(after - before))
         assert reference > 0
         assert abs(measured - reference) <= 1e-6 * reference
+        reference_descent = -float((after - before) @ grad)
+        assert abs(descent - reference_descent) <= 1e-6 * reference * float(grad.norm())
 
 
 def test_cache_round_trip_keeps_series_truth_and_labels(runs, tmp_path):

@@ -24,14 +24,45 @@ SMALL = {"block": 5, "window": 50, "diverge_window": 10, "diverge_hold": 20, "dr
 
 
 # -- hand-computed cases ----------------------------------------------------------------------------
-def test_flat_loss_with_erratic_displacement_is_lr_too_high_from_the_first_full_window():
-    # loss flat, m alternating 1, 3: within-block CV exactly 0.5, no trend. The first windowed loss
-    # ends at block 9 and is compared from 2 windows (20 blocks) later: the flag starts at sample 299.
-    report = analyze(np.tile([1.0, 3.0], 200), loss=np.ones(400))
-    [d] = report.diagnoses
-    assert (d.kind, d.start, d.end) == ("lr_too_high", 299, None)
-    assert (d.evidence["loss_progress"], d.evidence["displacement_cv"], d.evidence["displacement_trend"]) == (0, 0.5, 1)
-    assert "lr drop forward" in d.message and "CV 0.50" in d.message
+def test_a_flat_loss_held_by_the_noise_floor_is_lr_too_high_from_the_first_short_window():
+    # loss flat at 1, descent 0.5 under momentum 0.5: excess 0.5 / (4 * 0.5) = 0.25 of the loss, below
+    # 0.3; under momentum 0.75 it is 0.5: flagged at the end of the third block (noise_min_samples 30)
+    flat = {"displacement": np.ones(400), "loss": np.ones(400), "descent": np.full(400, 0.5)}
+    assert analyze(**flat, momentum=0.5).diagnoses == []
+    [d] = analyze(**flat, momentum=np.full(400, 0.75)).diagnoses
+    assert (d.kind, d.start, d.end) == ("lr_too_high", 29, None)
+    assert d.evidence == {"excess_fraction": 0.5, "excess_loss": 0.5, "loss": 1.0, "descent": 0.5,
+                          "efficiency": 0.0, "samples": 30.0}
+    assert "lr drop forward" in d.message and "50% of the loss" in d.message
+    # without momentum (plain SGD) the same descent gives 0.125: not flagged
+    assert analyze(**flat).diagnoses == []
+
+
+def test_a_loss_still_falling_fast_is_not_a_noise_floor():
+    # loss falls 2 % a step; the descent is 0.15 of it under momentum 0.9: excess 0.375 of the loss,
+    # but the loss delivers ~0.02 / 0.15 = 13 % of the promised descent, above noise_efficiency 0.1
+    loss = np.exp(-0.02 * np.arange(300))
+    falling = {"displacement": np.ones(300), "loss": loss, "descent": 0.15 * loss, "momentum": 0.9}
+    assert analyze(**falling).diagnoses == []
+    [d] = analyze(**falling, noise_efficiency=0.2).diagnoses
+    assert d.kind == "lr_too_high" and 0.1 < d.evidence["efficiency"] < 0.2
+
+
+def test_the_noise_window_restarts_after_an_lr_drop():
+    # descent 2 at lr 1 for 100 steps, then 0.02 at lr 0.1: the drop ends the flag at once (its last
+    # step is 99, the last at lr 1), and the high-lr samples no longer count in the windows after it
+    lr = np.where(np.arange(300) < 100, 1.0, 0.1)
+    run = {"displacement": lr, "loss": np.ones(300), "lr": lr, "descent": np.where(lr == 1.0, 2.0, 0.02)}
+    [d] = analyze(**run).diagnoses
+    assert (d.kind, d.start, d.end) == ("lr_too_high", 29, 99)
+    # a drop inside a block (at 105) ends it at 104 although the block's decision would hold to 109
+    lr = np.where(np.arange(300) < 105, 1.0, 0.1)
+    [d] = analyze(**{**run, "lr": lr, "descent": np.where(lr == 1.0, 2.0, 0.02)}).diagnoses
+    assert (d.kind, d.start, d.end) == ("lr_too_high", 29, 104)
+    # the same descents with a constant lr: the high-descent samples keep the window's mean up until
+    # they have left it (50 samples, the noise_window): the flag lasts well past the change
+    [d] = analyze(**{**run, "lr": np.ones(300), "descent": np.where(lr == 1.0, 2.0, 0.02)}).diagnoses
+    assert d.end > 130
 
 
 def test_collapse_of_the_lr_while_the_loss_improves_is_decay_too_aggressive():
@@ -113,7 +144,7 @@ def _digits(label_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
     """SGD on scikit-learn's digits, recording per step the displacement ||w_t - w_{t-1}||, the
-    minibatch loss, the gradient norm and the lr. Runs by name:
+    minibatch loss, the gradient norm, the lr and the descent -<w_t - w_{t-1}, g_t>. Runs by name:
 
     too_high: logistic regression, 30 % noisy labels, lr 2 (the loss wanders on a high noisy floor);
     too_high_dropped: the same with the lr cut to 0.2 at step 400 (the counterfactual);
@@ -138,7 +169,7 @@ def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr_at(0))
     batch = 16 if schedule.startswith("too_high") else 32
-    record = {name: np.empty(steps) for name in ("displacement", "loss", "grad_norm", "lr")}
+    record = {name: np.empty(steps) for name in ("displacement", "loss", "grad_norm", "lr", "descent")}
     for t in range(steps):
         optimizer.param_groups[0]["lr"] = lr_at(t)
         rows = torch.randint(0, len(y), (batch,), generator=generator)
@@ -150,9 +181,11 @@ def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
         optimizer.zero_grad()
         loss.backward()
         before = torch.cat([p.detach().flatten() for p in params])
-        record["grad_norm"][t] = torch.cat([p.grad.flatten() for p in params]).norm().item()
+        grad = torch.cat([p.grad.flatten() for p in params])
+        record["grad_norm"][t] = grad.norm().item()
         optimizer.step()
-        record["displacement"][t] = (torch.cat([p.detach().flatten() for p in params]) - before).norm().item()
+        step = torch.cat([p.detach().flatten() for p in params]) - before
+        record["displacement"][t], record["descent"][t] = step.norm().item(), -(step.double() @ grad.double()).item()
         record["loss"][t], record["lr"][t] = loss.item(), lr_at(t)
     return record
 
@@ -169,8 +202,9 @@ def test_lr_too_high_is_flagged_on_a_noisy_plateau_and_dropping_the_lr_helps():
     # the counterfactual: the same run with the lr cut at step 400 ends clearly lower
     dropped = train("too_high_dropped", 1000)
     assert np.median(dropped["loss"][700:]) < 0.7 * np.median(run["loss"][700:])
-    # without the loss there is no way to tell a plateau: never flagged
-    assert analyze(run["displacement"], lr=run["lr"]).diagnoses == []
+    # without the loss, or without the descent, there is no way to tell a noise floor: never flagged
+    assert analyze(**{k: v for k, v in run.items() if k != "loss"}).diagnoses == []
+    assert analyze(**{k: v for k, v in run.items() if k != "descent"}).diagnoses == []
 
 
 @pytest.mark.parametrize("gradient", ["grad_norm", "lr", "neither"])
@@ -217,7 +251,10 @@ def run_like(seed: int, n: int = 400) -> dict[str, np.ndarray]:
     if event == 2:  # divergence: geometric growth, then inf
         growth = np.where(t < at, 1.0, rng.uniform(1.2, 3.0) ** np.minimum(t - at, 800).clip(0))
         grad, loss = grad * growth, loss * growth**2
-    return {"displacement": lr * grad, "loss": loss, "lr": lr, "grad_norm": grad}
+    # SGD's descent lr * |g|^2, scaled up on some runs so that their noise floor holds much of the loss
+    descent = lr * grad**2 * rng.uniform(1, 60) * rng.lognormal(0, 0.3, n)
+    return {"displacement": lr * grad, "loss": loss, "lr": lr, "grad_norm": grad, "descent": descent,
+            "momentum": np.full(n, rng.choice([0.0, 0.9]))}
 
 
 def test_the_property_runs_trip_every_rule():
@@ -260,7 +297,7 @@ def test_decisions_are_causal(seed, cut):
 def test_scaling_the_displacement_changes_nothing(seed, power, factor):
     run = run_like(seed)
     base = analyze(**run, **SMALL)
-    exact = analyze(**{**run, "displacement": run["displacement"] * 2.0**power}, **SMALL)
+    exact = analyze(**{**run, "displacement": run["displacement"] * 2.0**power}, **SMALL)  # descent unscaled
     assert exact.diagnoses == base.diagnoses  # powers of two scale without rounding: equal to the bit
     assert (exact.schedule.kind, exact.schedule.drops) == (base.schedule.kind, base.schedule.drops)
     scaled = analyze(**{**run, "displacement": run["displacement"] * factor}, **SMALL)
@@ -279,8 +316,13 @@ def test_never_raises_on_any_values(data, n, small):
         "loss": data.draw(st.none() | st.lists(values, min_size=n, max_size=n)),
         "lr": data.draw(st.none() | st.lists(nonnegative, min_size=n, max_size=n)),
         "grad_norm": data.draw(st.none() | st.lists(nonnegative, min_size=n, max_size=n)),
+        "descent": data.draw(st.none() | st.lists(values, min_size=n, max_size=n)),
+        "momentum": data.draw(st.none() | st.floats(0, 0.999) | st.lists(
+            st.one_of(st.floats(0, 0.999), st.just(float("nan"))), min_size=n, max_size=n)),
     }
-    report = analyze(**series, **({"block": 2, "window": 4, "diverge_window": 2, "drop_window": 4} if small else {}))
+    small_thresholds = {"block": 2, "window": 4, "diverge_window": 2, "drop_window": 4, "noise_window": 4,
+                        "noise_min_samples": 2}
+    report = analyze(**series, **(small_thresholds if small else {}))
     assert report.n_steps == n
     json.dumps(report.to_dict(), allow_nan=False)
     for d in report.diagnoses:
@@ -325,11 +367,12 @@ def test_report_and_diagnosis_are_plain_json():
 
 
 def test_thresholds_are_adjustable_by_name():
-    flat = {"displacement": np.tile([1.0, 3.0], 200), "loss": np.ones(400)}
-    assert triples(analyze(**flat, erratic_cv=0.6)) == []  # CV 0.5 is no longer erratic
-    assert triples(analyze(**flat, window=50)) == [("lr_too_high", 149, None)]
-    assert triples(analyze(**flat, stall_windows=1)) == [("lr_too_high", 199, None)]
-    assert Thresholds().window == 100
+    flat = {"displacement": np.ones(400), "loss": np.ones(400), "descent": np.full(400, 0.5), "momentum": 0.75}
+    assert triples(analyze(**flat, noise_floor_fraction=0.6)) == []  # the excess is 0.5 of the loss
+    assert triples(analyze(**flat, noise_min_samples=50)) == [("lr_too_high", 49, None)]
+    assert triples(analyze(**flat, noise_min_samples=20)) == [("lr_too_high", 19, None)]
+    assert triples(analyze(**flat, block=5, noise_min_samples=5)) == [("lr_too_high", 9, None)]  # least 2 blocks
+    assert Thresholds().window == 100 and Thresholds().noise_floor_fraction == 0.3
 
 
 @pytest.mark.parametrize(
@@ -347,7 +390,14 @@ def test_thresholds_are_adjustable_by_name():
      ({"displacement": [0.1], "diverge_start_factor": -1.0}, "diverge_start_factor"),
      ({"displacement": [0.1], "lr_budget_fraction": 0.0}, "lr_budget_fraction"),
      ({"displacement": [0.1], "decayed_fraction": 1.5}, "decayed_fraction"),
-     ({"displacement": [0.1], "erratic_cv": "high"}, "erratic_cv"),
+     ({"displacement": [0.1], "noise_floor_fraction": "high"}, "noise_floor_fraction"),
+     ({"displacement": [0.1], "noise_window": 55}, "noise_window"),
+     ({"displacement": [0.1], "noise_min_samples": 60}, "noise_min_samples"),
+     ({"displacement": [0.1], "noise_floor_exit": 0.5}, "noise_floor_exit"),
+     ({"displacement": [0.1], "lr_fall_fraction": 0.0}, "lr_fall_fraction"),
+     ({"displacement": [0.1], "descent": [[0.1]]}, "descent"), ({"displacement": [0.1], "descent": [1, 2]}, "descent"),
+     ({"displacement": [0.1], "momentum": 1.0}, "momentum"), ({"displacement": [0.1], "momentum": [-0.1]}, "momentum"),
+     ({"displacement": [0.1], "momentum": [0.9, 0.9]}, "momentum"), ({"displacement": [0.1], "momentum": "x"}, "momentum"),
      ({"displacement": [0.1], "drop_rank": 2.0}, "drop_rank"), ({"displacement": [0.1], "windw": 100}, "windw")],
 )
 def test_bad_input_names_the_argument(kwargs, name):

@@ -1,0 +1,110 @@
+"""How much loss an lr's gradient noise holds the run at, from the measured descent (numpy only).
+
+Near a minimum, minibatch noise keeps the weights bouncing in a ball whose size grows with the lr,
+and the loss sits above its minimum by an *excess* that the lr sets. For SGD on a locally quadratic
+loss with gradient-noise covariance C the stationary excess is E[L − L*] ≈ η·tr(C)/4; heavy-ball
+momentum β multiplies it by 1/(1 − β), and an Adam-style preconditioner P replaces tr(C) by tr(PC).
+The same noise makes each update promise a first-order decrease of its own minibatch loss, the
+*descent* d_t = −⟨w_t − w_{t−1}, g_t⟩, with E[d_t] ≈ η'·tr(PC), where η' is the lr times the weight
+of the current gradient in the momentum average (1 for SGD, 1 − dampening for torch's SGD, 1 − β₁ for
+Adam's normalised average). In both formulations the two combine to
+
+    excess ≈ mean(d_t) / (4 (1 − β)),
+
+β being the momentum average's coefficient (0 for plain SGD). StepMeter measures d_t exactly at every
+step (`lrwatch.measure`), so the excess is read off the run without knowing the curvature or the noise.
+
+Dropping the lr 10× removes about nine tenths of that excess, so where the excess is a large share of
+the loss and the loss has stopped falling the lr is what holds training back: the ``lr_too_high``
+rule of `lrwatch.diagnosis`. While the run still descends, d_t also contains the true decrease
+η‖∇L‖²; the *efficiency* — how much of the promised descent the loss actually delivered — tells the
+two apart: near 1 in a descent, near 0 (or negative) on a noise floor.
+
+The estimate is a small-lr, near-quadratic approximation: far from a minimum, at the edge of stability
+or on a loss with no minimum (separable data under cross-entropy) it is only a scale, which is why the
+rule also demands a stalled loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lrwatch.signature import Tail
+
+
+def excess_loss(descent: np.ndarray, momentum: np.ndarray) -> np.ndarray:
+    """Per-sample excess-loss estimate d_t / (4 (1 − β_t)) in loss units; shapes (n,).
+
+    An unknown (NaN) β counts as 0, the plain-SGD case, which underestimates the excess of a
+    momentum optimizer (so the rule flags less, never more)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return descent / (4.0 * (1.0 - np.where(np.isnan(momentum), 0.0, momentum)))
+
+
+def _block_means(blocks: np.ndarray) -> np.ndarray:
+    """Mean of each row of ``blocks`` (n_blocks, block) by a fixed-order sum, so chunking never
+    changes it; NaN where a row holds a NaN."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = blocks[:, 0].copy()
+        for j in range(1, blocks.shape[1]):
+            total += blocks[:, j]
+        return total / blocks.shape[1]
+
+
+class NoiseFloorWindow:
+    """Windowed noise-floor figures at each block end, over the blocks since the lr last fell.
+
+    A window is the last ``blocks_per_window`` blocks, cut to those after the latest block whose
+    largest lr is above ``1 / lr_fall_fraction`` times the current block's smallest (so the samples of
+    an earlier, higher lr never speak for the current one), and to a contiguous run of blocks whose
+    loss and descent are finite. Unknown lr (NaN) never cuts. State: the last few block summaries.
+    """
+
+    def __init__(self, blocks_per_window: int, block: int, lr_fall_fraction: float):
+        self.k, self.block, self.fall = blocks_per_window, block, lr_fall_fraction
+        self.tails = {name: Tail(self.k - 1) for name in ("excess", "descent", "loss", "lr_low", "lr_high")}
+
+    def add(self, excess: np.ndarray, descent: np.ndarray, loss: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
+        """Take new complete blocks (each argument (n_blocks, block)); figures at their ends:
+
+        samples: samples in the window (0 where none); excess_loss, loss, descent: their means over it;
+        excess_fraction: excess_loss / loss; efficiency: the loss's fall per sample (least-squares line
+        through the block means) over the mean descent; block_lr: the block's own least lr.
+        """
+        with np.errstate(all="ignore"):
+            summaries = {
+                "excess": _block_means(excess), "descent": _block_means(descent), "loss": _block_means(loss),
+                "lr_low": np.min(lr, axis=1), "lr_high": np.max(lr, axis=1),
+            }
+        joined = {name: self.tails[name].extend(values) for name, values in summaries.items()}
+        n_new = len(loss)
+        current = slice(self.k - 1, self.k - 1 + n_new)
+        lr_floor = joined["lr_low"][current]
+        included = np.ones(n_new, dtype=bool)
+        count, s_x, s_xx, s_y, s_xy, s_excess, s_descent = (np.zeros(n_new) for _ in range(7))
+        with np.errstate(all="ignore"):
+            for lag in range(self.k):  # fixed order: exact under any chunking
+                at = slice(self.k - 1 - lag, self.k - 1 - lag + n_new)
+                loss_mean, descent_mean = joined["loss"][at], joined["descent"][at]
+                included &= np.isfinite(loss_mean) & np.isfinite(descent_mean) & np.isfinite(joined["excess"][at])
+                included &= ~(joined["lr_high"][at] * self.fall > lr_floor)
+                x = -float(lag)
+                count += included
+                s_x += np.where(included, x, 0.0)
+                s_xx += np.where(included, x * x, 0.0)
+                s_y += np.where(included, loss_mean, 0.0)
+                s_xy += np.where(included, x * loss_mean, 0.0)
+                s_excess += np.where(included, joined["excess"][at], 0.0)
+                s_descent += np.where(included, descent_mean, 0.0)
+            mean_loss, mean_excess, mean_descent = s_y / count, s_excess / count, s_descent / count
+            slope = (count * s_xy - s_x * s_y) / (count * s_xx - s_x**2) / self.block  # loss per sample
+            enough = count >= 2
+            return {
+                "block_lr": summaries["lr_low"],
+                "samples": count * self.block,
+                "excess_loss": np.where(count > 0, mean_excess, np.nan),
+                "loss": np.where(count > 0, mean_loss, np.nan),
+                "descent": np.where(count > 0, mean_descent, np.nan),
+                "excess_fraction": np.where((count > 0) & (mean_loss > 0), mean_excess / mean_loss, np.nan),
+                "efficiency": np.where(enough & (mean_descent > 0), -slope / mean_descent, np.nan),
+            }
