@@ -204,7 +204,8 @@ def _frame_records(raw: bytes, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     if n_good < offsets.size:
         problem = f"corrupted record {n_good} at byte {offsets[n_good]} (checksum mismatch)"
     elif stop < len(raw):
-        tail_intact = stop + _HEADER_BYTES <= len(raw) and bool(
+        # a tail too short for a header was cut inside it; a whole header must pass its checksum
+        tail_intact = stop + _HEADER_BYTES > len(raw) or bool(
             _masked_crc32c(buf, np.array([stop]), np.array([_LENGTH_BYTES]))[0]
             == _gather_uint32(buf, np.array([stop + _LENGTH_BYTES]))[0]
         )

@@ -156,3 +156,25 @@ def test_reader_rejects_a_path_that_is_not_a_path_and_raises_oserror_for_a_missi
         read_event_file(3)
     with pytest.raises(FileNotFoundError):
         read_event_file(tmp_path / "events.out.tfevents.missing")
+
+
+@pytest.mark.parametrize("kept", [1, 11, 12, 20])
+def test_a_file_cut_inside_a_record_is_truncated_not_corrupted(tmp_path, kept):
+    # kept bytes of the last record remain: 1 and 11 end inside its 12-byte header (length + its checksum),
+    # 12 and 20 inside its payload; either way the file was cut, and every record before it is read
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(5):
+        writer.add_scalar("x", float(step), step)
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    raw = path.read_bytes()
+    offsets, _, _ = _walk_records(raw)
+    path.write_bytes(raw[: int(offsets[-1]) + kept])
+    scalars, n_records, problem = read_event_file(path)
+    assert problem.startswith(f"truncated at byte {int(offsets[-1])} of ") and n_records == len(offsets) - 1
+    assert _decoded(scalars) == [("x", step, float(step)) for step in range(4)]
+    # a whole header whose checksum fails is corruption
+    damaged = bytearray(raw)
+    damaged[int(offsets[-1]) + 9] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert read_event_file(path)[2].startswith(f"corrupted record {len(offsets) - 1} at byte {int(offsets[-1])} ")
