@@ -85,7 +85,8 @@ def analyze_track(run: RunSeries, track: Track) -> Analysis:
     """``lrwatch.analyze`` on one track; the displacement is None for an lr-only track."""
     try:
         report = analyze(
-            track.displacement, loss=track.loss, lr=track.analysis_lr, steps=track.steps, grad_norm=track.grad_norm
+            track.displacement, loss=track.loss, lr=track.analysis_lr, steps=track.steps, grad_norm=track.grad_norm,
+            descent=track.descent, momentum=track.momentum,
         )
     except ValueError as error:
         return Analysis(_label(run, track), run, track, None, str(error))

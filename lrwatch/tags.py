@@ -6,6 +6,8 @@ Steps on every tag are optimizer steps: ``trainer.global_step`` after the step.
 PREFIX = "lrwatch"
 DISPLACEMENT = f"{PREFIX}/displacement"
 GRAD_NORM = f"{PREFIX}/grad_norm"
+DESCENT = f"{PREFIX}/descent"
+MOMENTUM = f"{PREFIX}/momentum"
 LOSS = f"{PREFIX}/loss"
 LR = f"{PREFIX}/lr"
 DIAGNOSIS = f"{PREFIX}/diagnosis"

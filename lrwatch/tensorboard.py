@@ -104,7 +104,8 @@ class Track:
     steps: (n,) int64 optimizer steps, strictly increasing; every array below has this length.
     displacement: ||w_t - w_{t-1}||, None for an lr-only track (``LearningRateMonitor`` without lrwatch).
     lr: per lr tag, the lr held from its latest logged step; the first entry is the one ``analyze`` gets.
-    loss, grad_norm: None when not logged.
+    loss, grad_norm, descent, momentum: None when not logged (descent: −⟨Δw, g⟩; momentum: the β of the
+        optimizer's first param group, see `lrwatch.noise_floor`).
     flags: per diagnosis kind, the logged ``lrwatch/diagnosis/<kind>`` value (1 active, 0 not), held likewise.
     sources: series name -> the tags it was read from.
     notes: how a series was fitted onto the axis, where it was not logged at every step.
@@ -116,6 +117,8 @@ class Track:
     lr: dict[str, np.ndarray]
     loss: np.ndarray | None
     grad_norm: np.ndarray | None
+    descent: np.ndarray | None
+    momentum: np.ndarray | None
     flags: dict[str, np.ndarray]
     sources: dict[str, list[str]]
     notes: tuple[str, ...]
@@ -226,11 +229,12 @@ def _build_track(
     if axis_tag.startswith(tags.DISPLACEMENT):
         displacement = scalars[axis_tag].values
         sources["displacement"] = [axis_tag]
-    grad_norm = None
-    grad_norm_tag = tags.series_tag(tags.GRAD_NORM, optimizer)
-    if grad_norm_tag in scalars:
-        grad_norm = _fitted("grad_norm", scalars[grad_norm_tag], grad_norm_tag, axis, notes)
-        sources["grad_norm"] = [grad_norm_tag]
+    measured: dict[str, np.ndarray | None] = {}
+    for name, base in (("grad_norm", tags.GRAD_NORM), ("descent", tags.DESCENT), ("momentum", tags.MOMENTUM)):
+        tag = tags.series_tag(base, optimizer)
+        measured[name] = _fitted(name, scalars[tag], tag, axis, notes) if tag in scalars else None
+        if tag in scalars:
+            sources[name] = [tag]
     loss = None
     found_loss = _loss_source(scalars, optimizer)
     if found_loss is not None:
@@ -249,7 +253,7 @@ def _build_track(
         displacement=displacement,
         lr={t: _held(s, axis) for t, s in lr_series.items()},
         loss=loss,
-        grad_norm=grad_norm,
+        **measured,
         flags=flags,
         sources=sources,
         notes=tuple(notes),
@@ -386,6 +390,7 @@ def custom_scalars_layout(lr_tags: Sequence[str], series_suffixes: Sequence[str]
         for o in optimizers
     ]
     charts.append(chart("grad norm", [_exact(tags.series_tag(tags.GRAD_NORM, o)) for o in optimizers]))
+    charts.append(chart("descent", [_exact(tags.series_tag(tags.DESCENT, o)) for o in optimizers]))
     charts.append(chart("loss", [re.escape(tags.LOSS) + "(/.*)?$"]))
     charts.append(chart("diagnoses", [re.escape(tags.DIAGNOSIS + "/") + ".*"]))
     charts.append(chart("actions", [re.escape(tags.ACTION + "/") + ".*"]))

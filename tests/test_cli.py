@@ -508,7 +508,7 @@ def test_layout_charts_and_their_tag_regexes():
     (category,) = layout.category
     assert category.title == "lrwatch"
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
-    assert list(charts) == ["lr and displacement", "grad norm", "loss", "diagnoses", "actions"]
+    assert list(charts) == ["lr and displacement", "grad norm", "descent", "loss", "diagnoses", "actions"]
 
     def matches(chart, tag):  # TensorBoard matches chart regexes with re.match
         return any(re.match(regex, tag) for regex in charts[chart])
@@ -516,6 +516,7 @@ def test_layout_charts_and_their_tag_regexes():
     assert matches("lr and displacement", "lrwatch/lr/SGD/body") and matches("lr and displacement", tags.DISPLACEMENT)
     assert not matches("lr and displacement", "lrwatch/lr/SGD/bodyX")
     assert matches("grad norm", tags.GRAD_NORM) and not matches("grad norm", tags.GRAD_NORM + "2")
+    assert matches("descent", tags.DESCENT) and not matches("descent", tags.DESCENT + "/SGD")
     assert matches("loss", tags.LOSS) and matches("loss", tags.LOSS + "/Adam")
     assert matches("diagnoses", tags.diagnosis_tag("lr_too_high")) and not matches("diagnoses", tags.DIAGNOSES_TEXT)
     assert matches("actions", tags.action_tag("drop"))

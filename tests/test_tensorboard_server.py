@@ -44,6 +44,7 @@ def _series() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {
         tags.DISPLACEMENT: (steps, lr * grad_norm),
         tags.GRAD_NORM: (steps, grad_norm),
+        tags.DESCENT: (steps, lr * grad_norm**2),
         tags.LOSS: (steps, 1.0 / np.sqrt(steps)),
         tags.lr_tag("SGD"): (steps, lr),
         tags.diagnosis_tag("lr_too_high"): (steps, flag),
@@ -137,6 +138,7 @@ def test_server_finds_the_layout_and_its_regexes_select_the_lrwatch_tags(server)
     expected = {
         "lr and displacement": {tags.lr_tag("SGD"), tags.DISPLACEMENT},
         "grad norm": {tags.GRAD_NORM},
+        "descent": {tags.DESCENT},
         "loss": {tags.LOSS},
         "diagnoses": {tags.diagnosis_tag("lr_too_high")},
         "actions": {tags.action_tag("drop")},
