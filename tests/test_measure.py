@@ -1,5 +1,6 @@
 """StepMeter on plain torch loops: exactness against an independent flat-vector computation, no host
-sync in the step path, low precision, non-finite values, sharded all-reduce on two real processes."""
+sync in the step path, low precision, non-finite values, sharded all-reduce on two real processes,
+descent and momentum columns."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrwatch.measure
-from lrwatch.measure import StepMeter
+from lrwatch.measure import StepMeter, momentum_coefficient
 
 
 def _model(dtype=torch.float32):
@@ -28,7 +29,8 @@ def _flat(model):
 
 
 def _train(model, optimizer, steps, meter=None, poison_at=None):
-    """Plain loop; returns the independent reference (displacement, grad norm, lr of group 0) per step."""
+    """Plain loop; returns the independent float64 reference per step, columns (displacement, grad norm,
+    lr of group 0, loss, descent −⟨Δw, g⟩)."""
     generator = torch.Generator().manual_seed(1)
     reference = []
     for t in range(steps):
@@ -39,28 +41,39 @@ def _train(model, optimizer, steps, meter=None, poison_at=None):
         optimizer.zero_grad()
         loss.backward()
         before = _flat(model)
-        grad = torch.cat([p.grad.double().flatten() for p in model.parameters()]).norm()
+        grad = torch.cat([p.grad.double().flatten() for p in model.parameters()])
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         if meter is not None:
             meter.assign_loss(loss.detach())
-        reference.append(((_flat(model) - before).norm().item(), grad.item(), lr, loss.item()))
+        delta = _flat(model) - before
+        reference.append((delta.norm().item(), grad.norm().item(), lr, loss.item(), -delta.dot(grad).item()))
     return np.array(reference)
+
+
+def _assert_descent_matches(descent, reference, tolerance=1e-5):
+    """descent against the reference's −⟨Δw, g⟩, to ``tolerance``·‖Δw‖·‖g‖: the meter takes it as a difference
+    of float32 squared norms (polarization), whose rounding error scales with ‖Δw‖·‖g‖, not with the descent,
+    which may be far smaller when the update is nearly orthogonal to the gradient."""
+    error = np.abs(np.asarray(descent) - reference[:, 4]) / (reference[:, 0] * reference[:, 1])
+    assert error.max() < tolerance, (error.max(), descent, reference[:, 4])
 
 
 @pytest.mark.parametrize(
     "make_optimizer",
     [
-        lambda ps: torch.optim.SGD(ps, lr=0.1),
-        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-        lambda ps: torch.optim.Adam(ps, lr=1e-2),
-        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=False),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda m: torch.optim.SGD([{"params": m[0].parameters(), "momentum": 0.9},
+                                   {"params": m[2].parameters(), "lr": 0.03, "momentum": 0.5}], lr=0.1),
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-2),
+        lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1, foreach=False),
     ],
-    ids=["sgd", "nesterov_wd", "adam", "adamw_loop"],
+    ids=["sgd", "nesterov_wd", "momentum_two_groups", "adam", "adamw_loop"],
 )
 def test_matches_independent_flat_vector_computation(make_optimizer):
     model = _model()
-    optimizer = make_optimizer(model.parameters())
+    optimizer = make_optimizer(model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
     meter = StepMeter(optimizer, flush_every=5).attach()
     reference = []
@@ -74,6 +87,114 @@ def test_matches_independent_flat_vector_computation(make_optimizer):
     np.testing.assert_allclose(records.grad_norm, reference[:, 1], rtol=1e-5)
     np.testing.assert_allclose(records.lr[:, 0], reference[:, 2], rtol=1e-12)
     np.testing.assert_allclose(records.loss, reference[:, 3], rtol=1e-6)
+    _assert_descent_matches(records.descent, reference)
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_plain_sgd_descent_is_lr_times_squared_grad_norm_and_negative_uphill(maximize):
+    """Plain SGD moves by ∓lr·g, so the descent is ±lr‖g‖²; ``maximize`` climbs, and the descent is negative."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, maximize=maximize)
+    meter = StepMeter(optimizer, flush_every=3).attach()
+    reference = _train(model, optimizer, 7)
+    descent = meter.finish().descent
+    np.testing.assert_allclose(descent, (-1 if maximize else 1) * 0.1 * reference[:, 1] ** 2, rtol=1e-5)
+    assert (descent < 0).all() if maximize else (descent > 0).all()
+
+
+def test_descent_skips_parameters_without_a_gradient():
+    """An optimizer parameter that gets no gradient (listed first, so a misaligned subset would be caught)
+    contributes to neither descent nor grad norm."""
+    model = _model()
+    unused = torch.nn.Parameter(torch.ones(4, 4))
+    optimizer = torch.optim.SGD([unused, *model.parameters()], lr=0.1, momentum=0.9)
+    meter = StepMeter(optimizer, flush_every=4).attach()
+    reference = _train(model, optimizer, 6)
+    records = meter.finish()
+    assert unused.grad is None
+    np.testing.assert_allclose(records.grad_norm, reference[:, 1], rtol=1e-5)
+    _assert_descent_matches(records.descent, reference)
+
+
+def test_descent_precision_recovers_once_the_scale_follows_the_measured_ratio():
+    """RMSprop's early steps move ~270x lr per unit of gradient, so the initial scale (the lr) is off by
+    k ≈ 270 and the rounding error, ≈ ε·(k + 1/k)·‖Δw‖‖g‖ with float32 ε, is ~1e-5 of ‖Δw‖‖g‖; once the first
+    chunk has reached the host the scale matches the ratio and the error falls ~100-fold."""
+    model = _model()
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.5)
+    meter = StepMeter(optimizer, flush_every=4).attach()
+    first = _train(model, optimizer, 4)
+    meter.rotate_if_full()
+    early = meter.drain()
+    later = _train(model, optimizer, 8)
+    _assert_descent_matches(early.descent, first, tolerance=1e-4)
+    _assert_descent_matches(meter.finish().descent, later, tolerance=1e-6)
+
+
+def test_polarization_scale_starts_at_the_lr_and_follows_the_measured_ratio():
+    """The scale is the lr of group 0 until a chunk reaches the host, then that chunk's median
+    displacement / grad_norm over its finite rows; a chunk with no finite row keeps it."""
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    meter = StepMeter(optimizer, flush_every=4).attach()
+    assert meter._scale == 1e-2
+    _train(model, optimizer, 4)
+    chunk = meter.finish()
+    assert meter._scale == pytest.approx(np.median(chunk.displacement / chunk.grad_norm), rel=1e-12)
+    scale = meter._scale
+    _train(model, optimizer, 3, poison_at=0)
+    assert np.isnan(meter.finish().descent).all() and meter._scale == scale
+    assert StepMeter(torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1)))._scale == 1.0
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, expected",
+    [
+        (lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, dampening=0.1), [0.9]),
+        (lambda m: torch.optim.SGD(m.parameters(), lr=0.1), [0.0]),
+        (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.8, 0.99)), [0.8]),
+        (lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3, momentum=0.5), [0.5]),
+        (lambda m: torch.optim.Adagrad(m.parameters(), lr=1e-2), [0.0]),
+        (lambda m: torch.optim.SGD([{"params": m[0].parameters(), "momentum": 0.9},
+                                    {"params": m[2].parameters(), "momentum": 0.5}], lr=0.1), [0.9, 0.5]),
+    ],
+    ids=["sgd_dampened", "sgd_plain", "adam", "rmsprop", "adagrad", "two_groups"],
+)
+def test_momentum_column_is_each_groups_beta_at_the_step(make_optimizer, expected):
+    model = _model()
+    optimizer = make_optimizer(model)
+    meter = StepMeter(optimizer, flush_every=2).attach()
+    _train(model, optimizer, 3)
+    np.testing.assert_array_equal(meter.finish().momentum, [expected] * 3)
+
+
+def test_momentum_column_follows_a_schedule_that_moves_beta():
+    """OneCycleLR cycles Adam's β₁ between steps: each row holds the β its own step used."""
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.95, 0.999))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=6, base_momentum=0.85,
+                                                    max_momentum=0.95)
+    meter = StepMeter(optimizer).attach()
+    used = []
+    for _ in range(5):
+        used.append(optimizer.param_groups[0]["betas"][0])
+        _train(model, optimizer, 1)
+        scheduler.step()
+    np.testing.assert_array_equal(meter.finish().momentum[:, 0], used)
+    assert len(set(used)) == 5
+
+
+def test_momentum_coefficient_reads_betas_then_momentum_and_a_tensor_is_unknown():
+    assert momentum_coefficient({"betas": (0.8, 0.99), "momentum": 0.5}) == 0.8
+    assert momentum_coefficient({"momentum": 0.5}) == 0.5 and momentum_coefficient({"lr": 0.1}) == 0.0
+    assert np.isnan(momentum_coefficient({"betas": (torch.tensor(0.8), torch.tensor(0.99))}))
+
+
+@pytest.mark.parametrize("group, shown", [([("betas", (0.9, 0.99))], "betas"), ({"momentum": "0.9"}, "'0.9'"),
+                                          ({"betas": (None, 0.99)}, "None")])
+def test_momentum_coefficient_bad_input(group, shown):
+    with pytest.raises(ValueError, match=shown):
+        momentum_coefficient(group)
 
 
 def test_every_n_steps_and_clock():
@@ -169,7 +290,9 @@ def test_low_precision_parameters_are_measured_in_float32_exactly():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     meter = StepMeter(optimizer).attach()
     reference = _train(model, optimizer, 5)
-    np.testing.assert_allclose(meter.finish().displacement, reference[:, 0], rtol=1e-6)
+    records = meter.finish()
+    np.testing.assert_allclose(records.displacement, reference[:, 0], rtol=1e-6)
+    _assert_descent_matches(records.descent, reference)  # bf16 gradients added into float32 snapshots
 
 
 def test_non_finite_values_are_recorded_not_raised():
@@ -188,6 +311,16 @@ def test_no_trainable_parameters_records_nothing():
     meter = StepMeter(optimizer).attach()
     optimizer.step()
     assert meter.params == [] and meter.steps_taken == 1 and len(meter.finish()) == 0
+
+
+def test_optimizer_without_param_groups_records_nothing():
+    """Lightning's mock optimizer (no ``configure_optimizers``) has an empty ``param_groups``."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    optimizer.param_groups.clear()
+    meter = StepMeter(optimizer).attach()
+    optimizer.step()
+    records = meter.finish()
+    assert len(records) == 0 and records.momentum.shape == (0, 0) and records.descent.shape == (0,)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +359,8 @@ def _sharded_worker(rank: int, world: int, port: int, results) -> None:
         for g in full_grads:
             shard.grad = g[rows].clone()
             optimizer.step()
-        results[rank] = meter.finish().displacement.tolist()
+        records = meter.finish()
+        results[rank] = (records.displacement.tolist(), records.descent.tolist())
     finally:
         dist.destroy_process_group()
 
@@ -245,9 +379,13 @@ def test_sharded_norms_are_all_reduced_before_the_square_root():
         before = weight.detach().clone()
         weight.grad = g
         optimizer.step()
-        expected.append(float((weight.detach() - before).norm()))
+        delta = weight.detach() - before
+        expected.append((float(delta.norm()), float(g.norm()), 0.3, float("nan"), -float((delta * g).sum())))
+    expected = np.array(expected)
     for rank in range(world):
-        np.testing.assert_allclose(results[rank], expected, rtol=1e-5)
+        displacement, descent = results[rank]
+        np.testing.assert_allclose(displacement, expected[:, 0], rtol=1e-5)
+        _assert_descent_matches(descent, expected)
 
 
 def _fully_shard_worker(rank: int, world: int, port: int, sharded: bool, results) -> None:
@@ -267,7 +405,8 @@ def _fully_shard_worker(rank: int, world: int, port: int, sharded: bool, results
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        results[rank] = meter.finish().displacement.tolist()
+        records = meter.finish()
+        results[rank] = (records.displacement.tolist(), records.descent.tolist())
     finally:
         dist.destroy_process_group()
 
@@ -277,12 +416,17 @@ def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(
     results = mp.Manager().dict()
     mp.spawn(_fully_shard_worker, args=(2, _free_port(), sharded, results), nprocs=2, join=True)
     model = _model()
-    expected = _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4)[:, 0]
+    expected = _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4)
     for rank in range(2):
+        displacement, descent = results[rank]
         if sharded:
-            np.testing.assert_allclose(results[rank], expected, rtol=1e-5)
+            np.testing.assert_allclose(displacement, expected[:, 0], rtol=1e-5)
+            _assert_descent_matches(descent, expected)
         else:  # each rank alone sees only its shard's part of the displacement
-            assert np.all(np.asarray(results[rank]) < expected * (1 - 1e-3))
+            assert np.all(np.asarray(displacement) < expected[:, 0] * (1 - 1e-3))
+    if not sharded:  # the shards' own descents are the parts of the sum the reduction takes
+        _assert_descent_matches(np.add(results[0][1], results[1][1]), expected)
+        assert all(abs(results[0][1][t] - expected[t, 4]) > 1e-3 * abs(expected[t, 4]) for t in range(4))
 
 
 def test_per_group_displacement_and_weight_decay():
