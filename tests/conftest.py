@@ -110,10 +110,12 @@ class RecordingLogger(pl.loggers.Logger):
 
 class ReferenceRecorder(Callback):
     """Independent reference: the flat float64 parameter vector of each optimizer before every one of
-    its steps (Lightning's on_before_optimizer_step) and at the end, plus the lrs and grad norm."""
+    its steps (Lightning's on_before_optimizer_step) and at the end, plus the lrs, the flat gradient
+    (zeros where a parameter has none) and its norm."""
 
     def __init__(self):
         self.before: dict[int, list[torch.Tensor]] = {}
+        self.grads: dict[int, list[torch.Tensor]] = {}
         self.lrs: dict[int, list[list[float]]] = {}
         self.grad_norms: dict[int, list[float]] = {}
         self.final: dict[int, torch.Tensor] = {}
@@ -130,6 +132,10 @@ class ReferenceRecorder(Callback):
         self.before.setdefault(key, []).append(self._flat(optimizer).clone())
         self.lrs.setdefault(key, []).append([g["lr"] for g in optimizer.param_groups])
         self.grad_norms.setdefault(key, []).append(float(self._flat(optimizer, "grad").norm()))
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.grads.setdefault(key, []).append(torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten() for p in params]
+            or [torch.zeros(0)]))
 
     def on_train_end(self, trainer, pl_module):
         for i, opt in enumerate(trainer.optimizers):
@@ -138,6 +144,11 @@ class ReferenceRecorder(Callback):
     def displacements(self, key: int = 0) -> np.ndarray:
         vectors = self.before[key] + [self.final[key]]
         return np.array([float((b - a).norm()) for a, b in zip(vectors[:-1], vectors[1:])])
+
+    def descents(self, key: int = 0) -> np.ndarray:
+        """−⟨w_t − w_{t−1}, g_t⟩ of every step, in float64."""
+        vectors = self.before[key] + [self.final[key]]
+        return np.array([-float((b - a) @ g) for a, b, g in zip(vectors[:-1], vectors[1:], self.grads[key])])
 
 
 @pytest.fixture

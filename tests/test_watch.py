@@ -43,6 +43,11 @@ def test_logged_series_match_independent_computation(optimizer, lr_tags):
     np.testing.assert_array_equal(steps, np.arange(1, trainer.global_step + 1))
     _assert_close(displacement, reference.displacements(), "displacement")
     _assert_close(logger.series("lrwatch/grad_norm")[1], reference.grad_norms[0], "grad_norm")
+    # descent is a difference of float32 squared norms: its error scales with |dw| |g|, not with itself
+    error = np.abs(logger.series("lrwatch/descent")[1] - reference.descents())
+    assert (error <= 1e-5 * reference.displacements() * np.array(reference.grad_norms[0])).all()
+    beta = {"sgd": 0.0, "sgd_momentum_groups": 0.9, "adam": 0.9}[optimizer]
+    np.testing.assert_array_equal(logger.series("lrwatch/momentum")[1], beta)
     for i, tag in enumerate(lr_tags):
         _assert_close(logger.series(tag)[1], [lrs[i] for lrs in reference.lrs[0]], tag)
 
@@ -108,8 +113,9 @@ def test_report_equals_offline_analyze_of_the_logged_arrays():
     trainer, logger, _, watch = _fit(DigitsMLP("sgd", lr=0.5, scheduler="step"), max_steps=40)
     records = watch.records()
     offline = lrwatch.analyze(records.displacement, loss=records.loss, lr=records.lr[:, 0], steps=records.steps,
-                              grad_norm=records.grad_norm)
+                              grad_norm=records.grad_norm, descent=records.descent, momentum=records.momentum[:, 0])
     assert watch.report == offline
+    np.testing.assert_array_equal(records.descent, logger.series("lrwatch/descent")[1])
     np.testing.assert_array_equal(records.steps, logger.series("lrwatch/displacement")[0])
 
 

@@ -256,7 +256,7 @@ class LRWatch(Callback):
             loss = chunk.loss if chunk.loss_assigned.all() else None
             if self.diagnose:
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
-                                  grad_norm=chunk.grad_norm)
+                                  grad_norm=chunk.grad_norm, descent=chunk.descent, momentum=chunk.momentum[:, 0])
             new_transients = self._track_interactions(w, chunk)
             if trainer.is_global_zero and self.log:
                 report = w.analyzer.report() if self.diagnose else None
@@ -283,6 +283,8 @@ class LRWatch(Callback):
         series = {
             tags.series_tag(tags.DISPLACEMENT, suffix): chunk.displacement,
             tags.series_tag(tags.GRAD_NORM, suffix): chunk.grad_norm,
+            tags.series_tag(tags.DESCENT, suffix): chunk.descent,
+            tags.series_tag(tags.MOMENTUM, suffix): chunk.momentum[:, 0],
             **dict(zip(w.lr_tags, chunk.lr.T)),
         }
         if has_loss:
