@@ -1,6 +1,6 @@
 """Closed-loop benchmark of ``lrwatch.EarlyStepDrop``: does acting on the diagnoses speed training up?
 
-    python benchmarks/closed_loop.py [--setups NAME ...] [--seeds N ...] [--json FILE]
+    python benchmarks/closed_loop.py [--setups NAME ...] [--seeds N ...] [--options JSON] [--json FILE]
 
 For every setup (``closed_loop_setups.SETUPS``: corpus task × optimizer) and evaluation seed, arms
 run side by side with Lightning on the same initial weights and minibatch sequence:
@@ -8,7 +8,8 @@ run side by side with Lightning on the same initial weights and minibatch sequen
 * **too-high** condition (setups that have a too-high lr): the fixed StepLR with one 10× drop late,
   at ``LATE_DROP_FRACTION`` of the run (``fixed``); ReduceLROnPlateau on the training loss from the
   same lr (``plateau``, settings ``closed_loop_setups.PLATEAU``); the fixed StepLR with
-  ``EarlyStepDrop()`` at its defaults (``early_drop``).
+  ``EarlyStepDrop()`` at its defaults (``early_drop``), or with the keyword arguments given by
+  ``--options`` (e.g. ``'{"plateau_progress": null}'``, or ``'{"watch": {"thresholds": {"window": 50}}}'``).
 * **tuned** condition (every setup): the StepLR at the tuned lr with its drop at
   ``TUNED_DROP_FRACTION`` (``fixed``) and the same with ``EarlyStepDrop()`` (``early_drop``).
 
@@ -87,11 +88,12 @@ class Case:
         return bool(np.array_equal(fixed.eval_losses[before], early.eval_losses[before]))
 
 
-def run_case(setup: Setup, condition: str, seed: int, lr: float) -> Case:
+def run_case(setup: Setup, condition: str, seed: int, lr: float, options: dict | None = None) -> Case:
+    """Every arm of one case; ``options``: EarlyStepDrop's keyword arguments (None: its defaults)."""
     arms, drop_fraction = CONDITIONS[condition]
     task = load_task(setup.task)
     results = {arm: run_arm(task, setup.optimizer, lr, seed, arm, N_STEPS, step_size(drop_fraction), GAMMA, PLATEAU,
-                            EVAL_EVERY) for arm in arms}
+                            EVAL_EVERY, options) for arm in arms}
     return Case(setup, condition, seed, lr, results)
 
 
@@ -218,8 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setups", nargs="+", choices=[s.name for s in SETUPS], help="only these setups")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(EVAL_SEEDS), help="evaluation seeds")
+    parser.add_argument("--options", type=json.loads, default=None, metavar="JSON",
+                        help="EarlyStepDrop keyword arguments as a JSON object (default: its defaults)")
     parser.add_argument("--json", metavar="FILE", help="save every run's curves, lrs, actions and diagnoses")
     args = parser.parse_args(argv)
+    if args.options is not None and not isinstance(args.options, dict):
+        parser.error(f"--options must be a JSON object, got {args.options!r}")
 
     torch.set_num_threads(1)
     quiet_lightning()
@@ -233,11 +239,12 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for seed in args.seeds:
                 case_start = time.perf_counter()
-                cases.append(run_case(setup, condition, seed, lr))
+                cases.append(run_case(setup, condition, seed, lr, args.options))
                 print(f"  {setup.name:20s} {condition:8s} seed {seed}: {time.perf_counter() - case_start:5.1f} s",
                       flush=True)
 
-    print(f"\n{N_STEPS} updates per run; full-data loss every {EVAL_EVERY}; StepLR ×{GAMMA:g} at "
+    print(f"\nEarlyStepDrop options: {json.dumps(args.options) if args.options else 'defaults'}")
+    print(f"{N_STEPS} updates per run; full-data loss every {EVAL_EVERY}; StepLR ×{GAMMA:g} at "
           f"{LATE_DROP_FRACTION:.0%} (too-high) / {TUNED_DROP_FRACTION:.0%} (tuned); ReduceLROnPlateau {PLATEAU}.")
     print("Ratios: final = arm's final full-data loss ÷ fixed's; steps = steps to reach fixed's final loss ÷ "
           f"{N_STEPS} (— never). Actions (kind@first step they affect) and diagnosis spans are in optimizer "

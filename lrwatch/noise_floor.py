@@ -14,11 +14,13 @@ Adam's normalised average). In both formulations the two combine to
 β being the momentum average's coefficient (0 for plain SGD). StepMeter measures d_t exactly at every
 step (`lrwatch.measure`), so the excess is read off the run without knowing the curvature or the noise.
 
-Dropping the lr 10× removes about nine tenths of that excess, so where the excess is a large share of
-the loss and the loss has stopped falling the lr is what holds training back: the ``lr_too_high``
-rule of `lrwatch.diagnosis`. While the run still descends, d_t also contains the true decrease
-η‖∇L‖²; the *efficiency* — how much of the promised descent the loss actually delivered — tells the
-two apart: near 1 in a descent, near 0 (or negative) on a noise floor.
+Dropping the lr 10× removes about nine tenths of that excess (``DROP_GAIN``) within a few relaxation
+times. Keeping it keeps the loss falling at its current rate. So the lr is what holds training back
+where the excess is a large share of the loss *and* a drop would gain more than the loss falls over a
+horizon of H steps at its current rate: ``DROP_GAIN · excess ≥ H · fall``. That is the ``lr_too_high``
+rule of `lrwatch.diagnosis`. While the run still descends fast, d_t also contains the true decrease
+η‖∇L‖² and the excess estimate is inflated, but then the fall is large too, so the comparison holds
+the lr; a high lr that still makes progress (as a well-tuned one early in training) is left alone.
 
 The estimate is a small-lr, near-quadratic approximation: far from a minimum, at the edge of stability
 or on a loss with no minimum (separable data under cross-entropy) it is only a scale, which is why the
@@ -30,6 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from lrwatch.signature import Tail
+
+DROP_GAIN = 0.9
+"""Share of the excess loss a 10× lr drop removes (the excess is proportional to the lr)."""
 
 
 def excess_loss(descent: np.ndarray, momentum: np.ndarray) -> np.ndarray:
@@ -68,8 +73,9 @@ class NoiseFloorWindow:
         """Take new complete blocks (each argument (n_blocks, block)); figures at their ends:
 
         samples: samples in the window (0 where none); excess_loss, loss, descent: their means over it;
-        excess_fraction: excess_loss / loss; efficiency: the loss's fall per sample (least-squares line
-        through the block means) over the mean descent; block_lr: the block's own least lr.
+        excess_fraction: excess_loss / loss; fall: the loss's fall per sample (minus the slope of the
+        least-squares line through the block means; NaN under two blocks); block_lr: the block's own
+        least lr.
         """
         with np.errstate(all="ignore"):
             summaries = {
@@ -106,5 +112,5 @@ class NoiseFloorWindow:
                 "loss": np.where(count > 0, mean_loss, np.nan),
                 "descent": np.where(count > 0, mean_descent, np.nan),
                 "excess_fraction": np.where((count > 0) & (mean_loss > 0), mean_excess / mean_loss, np.nan),
-                "efficiency": np.where(enough & (mean_descent > 0), -slope / mean_descent, np.nan),
+                "fall": np.where(enough, -slope, np.nan),
             }

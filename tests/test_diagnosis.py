@@ -32,20 +32,22 @@ def test_a_flat_loss_held_by_the_noise_floor_is_lr_too_high_from_the_first_short
     [d] = analyze(**flat, momentum=np.full(400, 0.75)).diagnoses
     assert (d.kind, d.start, d.end) == ("lr_too_high", 29, None)
     assert d.evidence == {"excess_fraction": 0.5, "excess_loss": 0.5, "loss": 1.0, "descent": 0.5,
-                          "efficiency": 0.0, "samples": 30.0}
+                          "fall": 0.0, "samples": 30.0}
     assert "lr drop forward" in d.message and "50% of the loss" in d.message
     # without momentum (plain SGD) the same descent gives 0.125: not flagged
     assert analyze(**flat).diagnoses == []
 
 
 def test_a_loss_still_falling_fast_is_not_a_noise_floor():
-    # loss falls 2 % a step; the descent is 0.15 of it under momentum 0.9: excess 0.375 of the loss,
-    # but the loss delivers ~0.02 / 0.15 = 13 % of the promised descent, above noise_efficiency 0.1
-    loss = np.exp(-0.02 * np.arange(300))
+    # loss falls 0.5 % a step; the descent is 0.15 of it under momentum 0.9: excess 0.375 of the loss,
+    # a drop would gain 0.9 * 0.375 = 0.34 of it, less than the 100 steps' fall at 0.5 % a step (~0.5);
+    # over a horizon of 50 steps (~0.25 of it) the drop pays
+    loss = np.exp(-0.005 * np.arange(300))
     falling = {"displacement": np.ones(300), "loss": loss, "descent": 0.15 * loss, "momentum": 0.9}
     assert analyze(**falling).diagnoses == []
-    [d] = analyze(**falling, noise_efficiency=0.2).diagnoses
-    assert d.kind == "lr_too_high" and 0.1 < d.evidence["efficiency"] < 0.2
+    [d] = analyze(**falling, noise_horizon=50).diagnoses
+    assert d.kind == "lr_too_high" and d.start == 29
+    assert 0.004 < d.evidence["fall"] / d.evidence["loss"] < 0.006
 
 
 def test_the_noise_window_restarts_after_an_lr_drop():
@@ -394,6 +396,7 @@ def test_thresholds_are_adjustable_by_name():
      ({"displacement": [0.1], "noise_window": 55}, "noise_window"),
      ({"displacement": [0.1], "noise_min_samples": 60}, "noise_min_samples"),
      ({"displacement": [0.1], "noise_floor_exit": 0.5}, "noise_floor_exit"),
+     ({"displacement": [0.1], "noise_horizon": 0}, "noise_horizon"),
      ({"displacement": [0.1], "lr_fall_fraction": 0.0}, "lr_fall_fraction"),
      ({"displacement": [0.1], "descent": [[0.1]]}, "descent"), ({"displacement": [0.1], "descent": [1, 2]}, "descent"),
      ({"displacement": [0.1], "momentum": 1.0}, "momentum"), ({"displacement": [0.1], "momentum": [-0.1]}, "momentum"),

@@ -58,8 +58,8 @@ def _fit(model, callback, max_steps, logger=None, **kwargs):
 
 
 # -- decide(): the plain decision logic ---------------------------------------------------------
-def _report(*diagnoses):
-    return Report(Signature("step", [], [], None, [], "lr"), list(diagnoses), 500)
+def _report(*diagnoses, loss_progress=0.0):
+    return Report(Signature("step", [], [], None, [], "lr"), list(diagnoses), 500, loss_progress)
 
 
 def _ready(callback, lr=1.0, scheduler=None):
@@ -92,6 +92,16 @@ def test_decide_respects_patience_min_lr_and_divergence():
     assert _ready(lrwatch.EarlyStepDrop()).decide(None, 200, None) is None
 
 
+def test_decide_drops_only_on_a_long_horizon_plateau_unless_told_otherwise():
+    too_high = Diagnosis("lr_too_high", 100, None, "m", {})
+    guarded = _ready(lrwatch.EarlyStepDrop())
+    assert guarded.decide(_report(too_high, loss_progress=None), 200, 190) is None  # not known yet
+    assert guarded.decide(_report(too_high, loss_progress=0.05), 200, 190) is None  # still a new low
+    assert guarded.decide(_report(too_high, loss_progress=-0.01), 200, 190) == "drop"
+    assert _ready(lrwatch.EarlyStepDrop(plateau_progress=0.1)).decide(_report(too_high, loss_progress=0.05), 200, 190) == "drop"
+    assert _ready(lrwatch.EarlyStepDrop(plateau_progress=None)).decide(_report(too_high, loss_progress=None), 200, 190) == "drop"
+
+
 def test_decide_holds_while_decay_is_too_aggressive_and_releases():
     aggressive = Diagnosis("decay_too_aggressive", 100, None, "m", {})
     cb = _ready(lrwatch.EarlyStepDrop(max_hold=30))
@@ -101,6 +111,9 @@ def test_decide_holds_while_decay_is_too_aggressive_and_releases():
     assert cb.decide(_report(Diagnosis("decay_too_aggressive", 100, 230, "m", {})), 250, 240) == "release"
     cb._held_steps = 30
     assert cb.decide(_report(aggressive), 300, 290) == "release"  # hold budget spent
+    cb = _ready(lrwatch.EarlyStepDrop())
+    cb._drops_taken, cb._last_drop_step = 1, 50
+    assert cb.decide(_report(Diagnosis("decay_too_aggressive", 100, None, "m", {})), 200, 190) is None  # own drop
 
 
 # -- actions on real runs ------------------------------------------------------------------------
@@ -267,7 +280,8 @@ def test_resume_gives_the_same_lr_trajectory(tmp_path):
      ({"min_lr": -1}, "min_lr"), ({"max_drops": -1}, "max_drops"), ({"max_hold": True}, "max_hold"),
      ({"momentum": "nesterov"}, "momentum"), ({"damp_beta": 1.0}, "damp_beta"), ({"damp_steps": 0}, "damp_steps"),
      ({"optimizer_index": -1}, "optimizer_index"), ({"decide_every": 0}, "decide_every"), ({"watch": 5}, "watch"),
-     ({"watch": {"flush_every": 0}}, "flush_every")],
+     ({"watch": {"flush_every": 0}}, "flush_every"), ({"plateau_progress": float("nan")}, "plateau_progress"),
+     ({"plateau_progress": "flat"}, "plateau_progress")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
