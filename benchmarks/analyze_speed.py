@@ -19,14 +19,16 @@ from lrwatch.diagnosis import Analyzer, analyze
 
 
 def step_run(steps: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Displacement, loss, lr and grad-norm series of a synthetic StepLR run of ``steps`` steps."""
+    """Displacement, loss, lr, grad-norm and descent series of a synthetic SGD StepLR run of ``steps`` steps
+    (descent = lr x grad_norm², SGD's)."""
     rng = np.random.default_rng(seed)
     t = np.arange(steps)
     lr = 0.1 * 0.1 ** (t // 300_000)
     sigma = np.sqrt(np.log(1 + 0.4**2))
     grad_norm = 3.0 ** (-t / steps) * rng.lognormal(-sigma**2 / 2, sigma, steps)
     loss = 0.5 + 2.0 * np.exp(-t / 50_000) * (lr / 0.1) ** 0.3 + 0.1 * rng.standard_normal(steps) ** 2
-    return {"displacement": lr * grad_norm, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+    return {"displacement": lr * grad_norm, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "descent": lr * grad_norm**2}
 
 
 def best_time(call, repeat: int) -> float:
@@ -50,7 +52,9 @@ def main() -> None:
         "displacement": {},
         "displacement+loss": {"loss": run["loss"]},
         "displacement+loss+lr": {"loss": run["loss"], "lr": run["lr"]},
-        "all four": {"loss": run["loss"], "lr": run["lr"], "grad_norm": run["grad_norm"]},
+        "+grad_norm": {"loss": run["loss"], "lr": run["lr"], "grad_norm": run["grad_norm"]},
+        "all (as LRWatch)": {"loss": run["loss"], "lr": run["lr"], "grad_norm": run["grad_norm"],
+                             "descent": run["descent"], "momentum": np.zeros(args.steps)},
     }
     print(f"analyze on {args.steps} steps (best of {args.repeat}):")
     for name, extra in variants.items():
@@ -65,7 +69,8 @@ def main() -> None:
         analyzer = Analyzer()
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            analyzer.update(m[part], loss=run["loss"][part], lr=run["lr"][part], grad_norm=run["grad_norm"][part])
+            analyzer.update(m[part], loss=run["loss"][part], lr=run["lr"][part], grad_norm=run["grad_norm"][part],
+                            descent=run["descent"][part], momentum=np.zeros(len(run["lr"][part])))
         analyzer.report()
 
     seconds = best_time(streamed, 1)

@@ -1,7 +1,7 @@
 """How long `lrwatch report DIR --json` takes on a large log folder: 10 runs x 100k optimizer steps.
 
 Each run holds what ``LRWatch`` logs for one SGD optimizer: ``lrwatch/displacement``, ``lrwatch/grad_norm``,
-``lrwatch/loss`` and ``lrwatch/lr/SGD`` at every step, plus a diagnosis flag at every flush (50 steps). The lr
+``lrwatch/descent``, ``lrwatch/momentum``, ``lrwatch/loss`` and ``lrwatch/lr/SGD`` at every step, plus a diagnosis flag at every flush (50 steps). The lr
 follows a step schedule (x0.1 at 30k, 60k, 90k); gradient norm and loss carry log-normal noise.
 
 Writing 4 million events through ``SummaryWriter.add_scalar`` takes minutes (about 24 us an event here), so
@@ -123,6 +123,8 @@ def synthetic_run(n_steps: int, seed: int) -> list[tuple[str, np.ndarray, np.nda
     return [
         (tags.DISPLACEMENT, steps, lr * grad_norm),
         (tags.GRAD_NORM, steps, grad_norm),
+        (tags.DESCENT, steps, lr * grad_norm**2),
+        (tags.MOMENTUM, steps, np.zeros(n_steps)),
         (tags.LOSS, steps, loss),
         (tags.lr_tag("SGD"), steps, lr),
         (tags.diagnosis_tag("lr_too_high"), flag_steps, np.zeros(flag_steps.size)),

@@ -1,6 +1,9 @@
-"""lrwatch demo: three short runs on scikit-learn's bundled digits, each with LRWatch attached.
+"""lrwatch demo: four short runs on scikit-learn's bundled digits, each with LRWatch attached.
 
-- ``tuned``: SGD+momentum, lr 0.05, StepLR halving every 150 steps — nothing to flag.
+- ``tuned``: SGD+momentum, lr 0.05, StepLR halving every 150 steps — at most a short ``lr_too_high`` just
+  before the first halving (a drop would pay soon, and the schedule's own halving comes).
+- ``too_high``: lr 0.15, StepLR drop only at step 450 — the loss sits on a high noise floor until the drop
+  (``lr_too_high`` most of the way), then falls to ~0 within a few dozen steps.
 - ``diverging``: lr 1.0 with momentum 0.9 (an effective step of 10), StepLR drop only at step 450 — the
   loss explodes within a few dozen steps (``diverging``, flagged while the values are still finite).
 - ``too_aggressive``: ExponentialLR with α = 0.97 per step — the lr collapses before the loss has
@@ -30,6 +33,7 @@ from lrwatch._lightning import pl
 RUNS = {
     # name: (lr, scheduler factory); every run is SGD with momentum 0.9, scheduler stepped per step
     "tuned": (0.05, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=150, gamma=0.5)),
+    "too_high": (0.15, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
     "diverging": (1.0, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
     "too_aggressive": (0.05, lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.97)),
 }
@@ -59,7 +63,7 @@ def digits_loader(batch_size: int = 32) -> DataLoader:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train three short runs with LRWatch attached.")
+    parser = argparse.ArgumentParser(description="Train four short runs with LRWatch attached.")
     parser.add_argument("--logdir", default="runs", help="TensorBoard log folder (default: runs)")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
     args = parser.parse_args(argv)

@@ -165,13 +165,14 @@ class Thresholds:
     noise_window: samples over which ``lr_too_high`` averages the descent and the loss, a multiple of
         ``block``; the window starts after the lr last fell (``lr_fall_fraction``).
     noise_min_samples: fewest samples (a multiple of ``block``) such a window needs, e.g. right after
-        an lr drop. On the corpus's tuning split 20 / 30 / 40 gave precision 0.83 / 0.85 / 0.85, recall 1.0.
+        an lr drop. On the corpus's tuning split (before noise_horizon) 20 / 30 / 40 gave precision
+        0.83 / 0.85 / 0.85, recall 1.0.
     noise_floor_fraction: ``lr_too_high`` starts when the excess-loss estimate is at least this
         fraction of the mean loss. Dropping the lr 10x removes about 0.9 of the excess, so 0.3 asks
         for a drop to gain about a quarter of the loss. On the corpus's tuning split (benchmarks/
-        diagnosis_corpus.py, exit 0.2) 0.2 / 0.3 / 0.4 / 0.5 gave precision 0.81 / 0.85 / 0.85 / 0.84
-        at recall 1.0 / 1.0 / 1.0 / 0.98; most false flags left are checkpoints whose "keep" branch
-        takes a scheduled drop itself within the labelling window, which no causal rule can know.
+        diagnosis_corpus.py, exit 0.2, before noise_horizon existed) 0.2 / 0.3 / 0.4 / 0.5 gave
+        precision 0.81 / 0.85 / 0.85 / 0.84 at recall 1.0 / 1.0 / 1.0 / 0.98; with noise_horizon 100,
+        0.2 / 0.3 gave 0.85 / 0.90 at recall 0.82 / 0.80.
     noise_floor_exit: ... and ends when it falls below this (hysteresis), at most noise_floor_fraction.
     noise_horizon: samples over which keeping the lr is weighed against a 10x drop: the drop pays when
         0.9 x the excess is at least this many samples' worth of the loss's current fall. On the tuning
@@ -671,13 +672,15 @@ def _evidence(kind: str, f: dict[str, np.ndarray], block: int, t: Thresholds) ->
 def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
     """One actionable sentence from a diagnosis's evidence."""
     if kind == LR_TOO_HIGH:
+        excess, fraction, fall = (e.get(k, math.nan) for k in ("excess_loss", "excess_fraction", "fall"))
+        share = (f"{fraction:.0%} of the loss" if fraction < 1 else
+                 f"{fraction:.1f}x the loss itself (past the estimate's quadratic range: far too high)")
+        trend = f"falls {abs(fall):.3g} a step" if fall >= 0 else f"rises {-fall:.3g} a step"
         return (
-            f"The lr's gradient noise holds an estimated {e.get('excess_fraction', math.nan):.0%} of the loss "
-            f"(excess {e.get('excess_loss', math.nan):.3g} of {e.get('loss', math.nan):.3g} over the last "
-            f"{e.get('samples', math.nan):.0f} steps): a 10x drop would gain about {DROP_GAIN * e.get('excess_loss', math.nan):.3g}, "
-            f"more than the loss falls in {t.noise_horizon} steps at its current rate "
-            f"({e.get('fall', math.nan):.3g} a step): the lr is too high for this stage; bring the next lr drop forward "
-            f"(step schedule: drop now; exponential or cosine: decay faster)."
+            f"The lr's gradient noise holds the loss an estimated {excess:.3g} above its floor, {share}, over the "
+            f"last {e.get('samples', math.nan):.0f} steps; a 10x drop would gain about {DROP_GAIN * excess:.3g}, more "
+            f"than {t.noise_horizon} steps at the current rate give (the loss {trend}): the lr is too high for this "
+            f"stage; bring the next lr drop forward (step schedule: drop now; exponential or cosine: decay faster)."
         )
     if kind == DECAY_TOO_AGGRESSIVE and "mean_lr_fraction" in e:
         return (

@@ -33,7 +33,10 @@ def test_a_flat_loss_held_by_the_noise_floor_is_lr_too_high_from_the_first_short
     assert (d.kind, d.start, d.end) == ("lr_too_high", 29, None)
     assert d.evidence == {"excess_fraction": 0.5, "excess_loss": 0.5, "loss": 1.0, "descent": 0.5,
                           "fall": 0.0, "samples": 30.0}
-    assert "lr drop forward" in d.message and "50% of the loss" in d.message
+    assert "lr drop forward" in d.message and "0.5 above its floor, 50% of the loss" in d.message
+    assert "the loss falls 0 a step" in d.message
+    [d] = analyze(**{**flat, "descent": np.full(400, 2.0)}, momentum=0.75).diagnoses  # excess 2x the loss
+    assert "2.0x the loss itself" in d.message
     # without momentum (plain SGD) the same descent gives 0.125: not flagged
     assert analyze(**flat).diagnoses == []
 
