@@ -57,15 +57,16 @@ def _block_means(blocks: np.ndarray) -> np.ndarray:
 
 
 class NoiseFloorWindow:
-    """Windowed noise-floor figures at each block end, over the blocks since the lr last fell.
+    """Windowed loss and descent figures at each block end, over the blocks since the lr last fell.
 
     A window is the last ``blocks_per_window`` blocks, cut to those after the latest block whose
     largest lr is above ``1 / lr_fall_fraction`` times the current block's smallest (so the samples of
-    an earlier, higher lr never speak for the current one), and to a contiguous run of blocks whose
-    loss and descent are finite. Unknown lr (NaN) never cuts. State: the last few block summaries.
+    an earlier, higher lr never speak for the current one; None: never cut), and to a contiguous run of
+    blocks whose loss and descent are finite. Unknown lr (NaN) never cuts. State: the last few block
+    summaries.
     """
 
-    def __init__(self, blocks_per_window: int, block: int, lr_fall_fraction: float):
+    def __init__(self, blocks_per_window: int, block: int, lr_fall_fraction: float | None):
         self.k, self.block, self.fall = blocks_per_window, block, lr_fall_fraction
         self.tails = {name: Tail(self.k - 1) for name in ("excess", "descent", "loss", "lr_low", "lr_high")}
 
@@ -74,8 +75,8 @@ class NoiseFloorWindow:
 
         samples: samples in the window (0 where none); excess_loss, loss, descent: their means over it;
         excess_fraction: excess_loss / loss; fall: the loss's fall per sample (minus the slope of the
-        least-squares line through the block means; NaN under two blocks); block_lr: the block's own
-        least lr.
+        least-squares line through the block means; NaN under two blocks); fall_se: its standard error
+        from the residuals about that line (NaN under three blocks); block_lr: the block's own least lr.
         """
         with np.errstate(all="ignore"):
             summaries = {
@@ -87,23 +88,28 @@ class NoiseFloorWindow:
         current = slice(self.k - 1, self.k - 1 + n_new)
         lr_floor = joined["lr_low"][current]
         included = np.ones(n_new, dtype=bool)
-        count, s_x, s_xx, s_y, s_xy, s_excess, s_descent = (np.zeros(n_new) for _ in range(7))
+        count, s_x, s_xx, s_y, s_xy, s_yy, s_excess, s_descent = (np.zeros(n_new) for _ in range(8))
         with np.errstate(all="ignore"):
             for lag in range(self.k):  # fixed order: exact under any chunking
                 at = slice(self.k - 1 - lag, self.k - 1 - lag + n_new)
                 loss_mean, descent_mean = joined["loss"][at], joined["descent"][at]
                 included &= np.isfinite(loss_mean) & np.isfinite(descent_mean) & np.isfinite(joined["excess"][at])
-                included &= ~(joined["lr_high"][at] * self.fall > lr_floor)
+                if self.fall is not None:
+                    included &= ~(joined["lr_high"][at] * self.fall > lr_floor)
                 x = -float(lag)
                 count += included
                 s_x += np.where(included, x, 0.0)
                 s_xx += np.where(included, x * x, 0.0)
                 s_y += np.where(included, loss_mean, 0.0)
                 s_xy += np.where(included, x * loss_mean, 0.0)
+                s_yy += np.where(included, loss_mean * loss_mean, 0.0)
                 s_excess += np.where(included, joined["excess"][at], 0.0)
                 s_descent += np.where(included, descent_mean, 0.0)
             mean_loss, mean_excess, mean_descent = s_y / count, s_excess / count, s_descent / count
-            slope = (count * s_xy - s_x * s_y) / (count * s_xx - s_x**2) / self.block  # loss per sample
+            spread = s_xx - s_x**2 / count  # sum of squared block offsets from their mean
+            slope = (s_xy - s_x * s_y / count) / spread  # loss per block
+            residual = np.maximum(s_yy - s_y**2 / count - slope**2 * spread, 0.0)
+            slope_se = np.sqrt(residual / (count - 2) / spread)
             enough = count >= 2
             return {
                 "block_lr": summaries["lr_low"],
@@ -112,5 +118,6 @@ class NoiseFloorWindow:
                 "loss": np.where(count > 0, mean_loss, np.nan),
                 "descent": np.where(count > 0, mean_descent, np.nan),
                 "excess_fraction": np.where((count > 0) & (mean_loss > 0), mean_excess / mean_loss, np.nan),
-                "fall": np.where(enough, -slope, np.nan),
+                "fall": np.where(enough, -slope / self.block, np.nan),
+                "fall_se": np.where(count >= 3, slope_se / self.block, np.nan),
             }

@@ -104,6 +104,23 @@ def test_non_finite_values_flag_diverging_for_good():
     assert report.active(119) == [] and report.active(299) == ["diverging"]
 
 
+def test_a_decayed_lr_under_which_the_loss_still_falls_as_promised_is_decay_too_aggressive():
+    # lr 1 -> 0.1 at step 100, descent 0.015 x lr, loss falling 0.001 a step throughout. The first window of
+    # 100 samples wholly after the drop ends at 199: the loss falls 0.001 a step, 67% of the descent 0.0015
+    # (exactly: no residual, so any multiple of its standard error), and the lr is at 10% of its peak
+    t = np.arange(400)
+    lr = np.where(t < 100, 1.0, 0.1)
+    run = {"displacement": lr, "loss": 2.0 - 0.001 * t, "lr": lr, "descent": 0.015 * lr}
+    [d] = analyze(**run).diagnoses
+    assert (d.kind, d.start, d.end) == ("decay_too_aggressive", 199, None)
+    assert d.evidence["lr_fraction"] == 0.1 and d.evidence["descent"] == pytest.approx(0.0015)
+    assert d.evidence["loss_fall"] == pytest.approx(0.001) and "67% of what the steps promise" in d.message
+    assert analyze(**{**run, "loss": np.where(t < 100, 2.0 - 0.001 * t, 1.9)}).diagnoses == []  # stalled
+    assert analyze(**{**run, "descent": 0.15 * lr}).diagnoses == []  # falls 7% of the promise: a noise floor
+    assert analyze(**{k: v for k, v in run.items() if k != "descent"}).diagnoses == []  # unknown promise
+    assert analyze(**run, lr_limited_efficiency=0.7).diagnoses == []
+
+
 def test_an_lr_decayed_before_it_used_its_budget_is_decay_too_aggressive_from_the_first_sample_it_holds():
     # lr 1 for 10 samples, then 0.01: at sample i (0-based) the mean lr over its peak is
     # (10 + 0.01 (i - 9)) / (i + 1): 10.24 / 34 = 0.301 at i = 33, 10.25 / 35 = 0.293 at i = 34, so the
@@ -400,6 +417,7 @@ def test_thresholds_are_adjustable_by_name():
      ({"displacement": [0.1], "noise_min_samples": 60}, "noise_min_samples"),
      ({"displacement": [0.1], "noise_floor_exit": 0.5}, "noise_floor_exit"),
      ({"displacement": [0.1], "noise_horizon": 0}, "noise_horizon"),
+     ({"displacement": [0.1], "lr_limited_efficiency": -0.5}, "lr_limited_efficiency"),
      ({"displacement": [0.1], "lr_fall_fraction": 0.0}, "lr_fall_fraction"),
      ({"displacement": [0.1], "descent": [[0.1]]}, "descent"), ({"displacement": [0.1], "descent": [1, 2]}, "descent"),
      ({"displacement": [0.1], "momentum": 1.0}, "momentum"), ({"displacement": [0.1], "momentum": [-0.1]}, "momentum"),
