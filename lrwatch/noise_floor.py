@@ -88,7 +88,8 @@ class NoiseFloorWindow:
         current = slice(self.k - 1, self.k - 1 + n_new)
         lr_floor = joined["lr_low"][current]
         included = np.ones(n_new, dtype=bool)
-        count, s_x, s_xx, s_y, s_xy, s_yy, s_excess, s_descent = (np.zeros(n_new) for _ in range(8))
+        masks = []
+        count, s_x, s_y, s_excess, s_descent = (np.zeros(n_new) for _ in range(5))
         with np.errstate(all="ignore"):
             for lag in range(self.k):  # fixed order: exact under any chunking
                 at = slice(self.k - 1 - lag, self.k - 1 - lag + n_new)
@@ -96,20 +97,24 @@ class NoiseFloorWindow:
                 included &= np.isfinite(loss_mean) & np.isfinite(descent_mean) & np.isfinite(joined["excess"][at])
                 if self.fall is not None:
                     included &= ~(joined["lr_high"][at] * self.fall > lr_floor)
-                x = -float(lag)
+                masks.append(included.copy())
                 count += included
-                s_x += np.where(included, x, 0.0)
-                s_xx += np.where(included, x * x, 0.0)
+                s_x += np.where(included, -float(lag), 0.0)
                 s_y += np.where(included, loss_mean, 0.0)
-                s_xy += np.where(included, x * loss_mean, 0.0)
-                s_yy += np.where(included, loss_mean * loss_mean, 0.0)
                 s_excess += np.where(included, joined["excess"][at], 0.0)
                 s_descent += np.where(included, descent_mean, 0.0)
-            mean_loss, mean_excess, mean_descent = s_y / count, s_excess / count, s_descent / count
-            spread = s_xx - s_x**2 / count  # sum of squared block offsets from their mean
-            slope = (s_xy - s_x * s_y / count) / spread  # loss per block
-            residual = np.maximum(s_yy - s_y**2 / count - slope**2 * spread, 0.0)
-            slope_se = np.sqrt(residual / (count - 2) / spread)
+            mean_x, mean_loss, mean_excess, mean_descent = s_x / count, s_y / count, s_excess / count, s_descent / count
+            # least squares on deviations from the means (a second pass: no cancellation of large sums)
+            s_xx, s_xy, s_yy = (np.zeros(n_new) for _ in range(3))
+            for lag, mask in enumerate(masks):
+                at = slice(self.k - 1 - lag, self.k - 1 - lag + n_new)
+                dx, dy = -float(lag) - mean_x, joined["loss"][at] - mean_loss
+                s_xx += np.where(mask, dx * dx, 0.0)
+                s_xy += np.where(mask, dx * dy, 0.0)
+                s_yy += np.where(mask, dy * dy, 0.0)
+            slope = s_xy / s_xx  # loss per block
+            residual = np.maximum(s_yy - slope * s_xy, 0.0)
+            slope_se = np.sqrt(residual / (count - 2) / s_xx)
             enough = count >= 2
             return {
                 "block_lr": summaries["lr_low"],
