@@ -26,11 +26,11 @@ Per measured step it records, into a device ring buffer:
 The polarization scale c changes only the precision of ``descent``, not its value: the rounding
 error is about ε·||s||·||g||·(k + 1/k) with k = c·||g|| / ||s|| and ε the precision of the norms
 (float32 for float32 parameters), so c ≈ ||s|| / ||g|| is best. It is a host-side float, so choosing
-it needs no sync: the lr of param group 0 at first (when that is a positive Python number, else 1),
-then, each time a chunk reaches the host, the median of displacement / grad_norm over that chunk's
-rows where both are finite and positive (unchanged when there are none). Adaptive optimizers move
-far more than lr·||g|| early on (RMSprop in the tests: k ≈ 270, error ~1e-5·||s||·||g||) until the
-first chunk has reached the host.
+it needs no sync: each time a chunk reaches the host, the median of displacement / grad_norm over that
+chunk's rows where both are finite and positive (unchanged when there are none). Until the first such
+chunk, no scale is known (for Adam, ||s|| / ||g|| can be 1e6 times the lr, which would leave a 10 %
+error), so the descent is taken exactly, as per-tensor dot products: two small kernels per tensor
+for those first steps instead of two fused passes.
 
 The ring is copied to pinned host memory with a non-blocking copy when it is full: by
 `rotate_if_full` once the adapter has assigned the last step's loss, else at the next measured
@@ -53,7 +53,6 @@ replicated data parallelism (DDP) every rank measures the same update and no red
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -132,12 +131,6 @@ def momentum_coefficient(group: dict) -> float:
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise ValueError(f"group's momentum coefficient must be a real number or a tensor, got {beta!r}")
     return float(beta)
-
-
-def _scale_from_lr(lr: object) -> float:
-    """The initial polarization scale: ``lr`` when it is a positive finite Python number, else 1.0."""
-    usable = isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
-    return float(lr) if usable else 1.0
 
 
 def _add_scaled_in_place(targets: list[torch.Tensor], others: list[torch.Tensor], scale: float) -> None:
@@ -221,8 +214,7 @@ class StepMeter:
         self._ring_loss_assigned = np.zeros(flush_every, bool)
         self._ring_weight_decay = np.zeros((flush_every, self.n_groups))
         self._ring_momentum = np.zeros((flush_every, self.n_groups))
-        # polarization scale c, see the module docstring (Lightning's mock optimizer has no param groups)
-        self._scale = _scale_from_lr(optimizer.param_groups[0]["lr"] if optimizer.param_groups else None)
+        self._scale: float | None = None  # polarization scale c, see the module docstring
         pinned = device.type == "cuda"
         self._host = torch.empty((flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
         self._copy_done = torch.cuda.Event() if pinned else None
@@ -296,11 +288,15 @@ class StepMeter:
         """⟨s, g⟩ = −⟨w_t − w_{t−1}, g⟩ over the parameters ``with_grad`` (indices into ``self.params``,
         ``grads`` their local gradients), 0-d in the accumulation dtype, by polarization from squared
         norms: ⟨s_i, g_i⟩ = (‖s_i + c·g_i‖² − ‖s_i‖² − c²‖g_i‖²) / 2c. Adds c·g into the snapshots in
-        place: they are free once their norms are taken (the next measured pre-hook copies them afresh)."""
+        place: they are free once their norms are taken (the next measured pre-hook copies them afresh).
+        Before a scale c is known, exact per-tensor dot products instead."""
         if not grads:
             return torch.zeros((), dtype=self._acc_dtype, device=self._ring.device)
-        c = self._scale
         snapshots = [self._snapshots[i] for i in with_grad]
+        if self._scale is None:
+            return torch.stack([torch.dot(s.reshape(-1), g.reshape(-1).to(s.dtype)).to(self._acc_dtype)
+                                for s, g in zip(snapshots, grads)]).sum()
+        c = self._scale
         own_squares = snapshot_squares if len(with_grad) == len(self.params) else torch.stack(
             [snapshot_squares[i] for i in with_grad])  # int indexing: views, no index tensor to upload
         _add_scaled_in_place(snapshots, grads, c)
