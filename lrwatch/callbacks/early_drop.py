@@ -2,9 +2,11 @@
 
 - ``lr_too_high`` → take the next scheduled drop now (StepLR/MultiStepLR: their own γ, the scheduler's
   clock moved to that boundary so later drops keep their spacing; ExponentialLR or no scheduler: a
-  one-time drop by ``factor``).
+  one-time drop by ``factor``) — by default only once the loss has also stopped making new lows over
+  the analyzer's long horizon (``plateau_progress``): a drop that pays soon can still cost the final
+  loss where the high lr was making slow progress.
 - ``decay_too_aggressive`` → hold scheduled decreases back, for at most ``max_hold`` steps in all,
-  until the diagnosis ends.
+  until the diagnosis ends (never after an early drop of its own).
 - At every drop (its own or the schedule's): the momentum buffer per ``momentum``, and with
   ``couple_weight_decay`` the decoupled weight decay follows λ₀·η₀/η so that η·λ stays constant.
 
@@ -16,7 +18,6 @@ the Lightning hooks around it only gather inputs and apply the result.
 from __future__ import annotations
 
 import math
-
 import pickle
 from dataclasses import asdict, dataclass
 
