@@ -9,7 +9,8 @@ ratios and coefficients of variation of it are used).
 
 Windowed rules are evaluated at the last sample of each block of ``block`` samples and hold until
 the next block ends (a lag of at most block - 1 samples); ``diverging`` is decided at every sample.
-Windows count samples (one per recorded step). Per block each series is summarised by its median;
+Windows count samples (one per recorded step). Per block each series is summarised by its median
+(the loss and descent also by their means, for the least-squares fits of `lrwatch.noise_floor`);
 over the last ``window`` samples:
 
 * windowed m: the median of m's block medians;
@@ -22,7 +23,8 @@ Rules (thresholds in `Thresholds`; the windowed ones switch on at one threshold 
 one, so noise does not make them flicker):
 
 * ``lr_too_high`` (needs the loss and the descent −⟨Δw, g⟩ that StepMeter measures): the lr's noise
-  floor holds a large share of the loss while the loss has stopped falling. Over the last
+  floor holds a large share of the loss, more than the loss's current fall would win back soon (the
+  issue's "loss stagnates while m stays large", made quantitative). Over the last
   ``noise_window`` samples since the lr last fell (`lrwatch.noise_floor`), the excess-loss estimate
   mean(descent) / (4 (1 − β)) is at least ``noise_floor_fraction`` of the mean loss (it ends below
   ``noise_floor_exit``), and a 10× drop would gain more than the loss falls in ``noise_horizon``
@@ -44,9 +46,9 @@ one, so noise does not make them flicker):
   ``lr_limited_efficiency`` of the first-order decrease the steps promise (the mean descent). A loss
   that falls about as fast as the steps promise is in a descent, not on a noise floor, and a larger lr
   would go faster (needs the descent; decided at block ends). And it holds, decided at every sample,
-  while the lr has *used little of its budget*: it is at most ``decayed_fraction`` of its running peak and its mean over the samples so
-  far is at most ``lr_budget_fraction`` of that peak (the run has had fewer than that fraction of its
-  steps' worth of training at the peak lr). On the labelled corpus (benchmarks/diagnosis_corpus.py,
+  while the lr has *used little of its budget*: it is at most ``decayed_fraction`` of its running
+  peak and its mean over the samples so far is at most ``lr_budget_fraction`` of that peak (the run
+  has had fewer than that fraction of its steps' worth of training at the peak lr). On the labelled corpus (benchmarks/diagnosis_corpus.py,
   300-600-step runs) "restoring the lr wins" was found almost only where the schedule had spent
   little of its lr budget; an lr decayed after most of the budget was used seldom gains from more.
 * ``diverging``: a non-finite displacement, loss or gradient norm (then it stays flagged for good),
