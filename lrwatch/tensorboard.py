@@ -235,6 +235,8 @@ def _build_track(
         measured[name] = _fitted(name, scalars[tag], tag, axis, notes) if tag in scalars else None
         if tag in scalars:
             sources[name] = [tag]
+    if displacement is not None and measured["descent"] is None:
+        notes.append("no lrwatch/descent logged (logs from before it was measured): lr_too_high is not decided")
     loss = None
     found_loss = _loss_source(scalars, optimizer)
     if found_loss is not None:

@@ -60,14 +60,18 @@ class ContractTagWriter(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self._before = self._flat(optimizer).clone()
-        self._grad_norm = float(self._flat(optimizer, "grad").norm())
+        self._grad = self._flat(optimizer, "grad").clone()
+        self._grad_norm = float(self._grad.norm())
         self._lr = optimizer.param_groups[0]["lr"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         optimizer = trainer.optimizers[0]
+        step = self._flat(optimizer) - self._before
         metrics = {
-            tags.DISPLACEMENT: float((self._flat(optimizer) - self._before).norm()),
+            tags.DISPLACEMENT: float(step.norm()),
             tags.GRAD_NORM: self._grad_norm,
+            tags.DESCENT: -float(step @ self._grad),
+            tags.MOMENTUM: 0.0,
             tags.LOSS: float(outputs["loss"]),
             tags.lr_tag("SGD"): self._lr,
         }
@@ -158,8 +162,11 @@ def test_lrwatch_report_reads_every_contract_series(logs, capsys):
         "lr": [tags.lr_tag("SGD")],
         "displacement": [tags.DISPLACEMENT],
         "grad_norm": [tags.GRAD_NORM],
+        "descent": [tags.DESCENT],
+        "momentum": [tags.MOMENTUM],
         "loss": [tags.LOSS],
     }
+    assert entry["notes"] == []
     assert entry["steps"] == [1, MAX_STEPS] and entry["n_steps"] == MAX_STEPS
     drops, factors = _expected_drops(lr_used["watched"])
     assert entry["schedule"]["drops"] == drops
@@ -476,7 +483,10 @@ def test_sparse_fallback_loss_is_interpolated_and_noted(tmp_path):
                 writer.add_scalar("train_loss", float(step), step - LIGHTNING_STEP_OFFSET)
     (track,) = read_runs(tmp_path)["."].tracks
     np.testing.assert_allclose(track.loss, np.clip(np.arange(1, 11), 3, 9))
-    assert track.notes == ("loss from 'train_loss' logged at 3 of 10 steps; interpolated in between",)
+    assert track.notes == (
+        "no lrwatch/descent logged (logs from before it was measured): lr_too_high is not decided",
+        "loss from 'train_loss' logged at 3 of 10 steps; interpolated in between",
+    )
 
 
 def test_nan_and_inf_stay_at_their_steps(tmp_path):
@@ -485,9 +495,11 @@ def test_nan_and_inf_stay_at_their_steps(tmp_path):
         for step, value in enumerate(loss, start=1):
             writer.add_scalar(tags.DISPLACEMENT, value, step)
             writer.add_scalar(tags.LOSS, value, step)
+            writer.add_scalar(tags.DESCENT, value, step)
     (track,) = read_runs(tmp_path)["."].tracks
     np.testing.assert_array_equal(track.loss, loss)
     np.testing.assert_array_equal(track.displacement, loss)
+    np.testing.assert_array_equal(track.descent, loss)
     assert track.notes == ()
 
 
