@@ -35,6 +35,8 @@ class DumpPerRank(Callback):
         np.savez(
             f"{self.folder}/rank{trainer.global_rank}.npz",
             steps=records.steps, displacement=records.displacement, reference=reference.displacements(),
+            descent=records.descent, reference_descent=reference.descents(),
+            grad_norm=np.array(reference.grad_norms[0]),
             lrs=np.array(self.lrs), logged=np.array(logged, dtype=float).reshape(-1, 2),
         )
 
@@ -54,7 +56,11 @@ def test_ddp_every_rank_measures_the_exact_update_and_rank_zero_logs(tmp_path):
     for rank in ranks:
         np.testing.assert_array_equal(rank["steps"], np.arange(1, 13))
         np.testing.assert_allclose(rank["displacement"], rank["reference"], rtol=1e-5)
+        # the descent uses the all-reduced gradient the update used; error relative to |dw||g|
+        error = np.abs(rank["descent"] - rank["reference_descent"]) / (rank["reference"] * rank["grad_norm"])
+        assert error.max() < 1e-5
     np.testing.assert_allclose(ranks[0]["displacement"], ranks[1]["displacement"], rtol=1e-6)
+    np.testing.assert_allclose(ranks[0]["descent"], ranks[1]["descent"], rtol=1e-6)
     np.testing.assert_allclose(ranks[0]["logged"][:, 1], ranks[0]["displacement"], rtol=1e-12)
     assert len(ranks[1]["logged"]) == 0  # Lightning's loggers write on rank zero only
 
