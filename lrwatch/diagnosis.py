@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from lrwatch.noise_floor import DROP_GAIN, NoiseFloorWindow, excess_loss
+from lrwatch.noise_floor import DROP_GAIN, NoiseFloorWindow, block_summaries, excess_loss
 from lrwatch.signature import (
     Signature,
     SignatureParams,
@@ -399,8 +399,8 @@ class Analyzer:
         medians = {c: block_medians(blocks[c]) for c in (M, LOSS, GRAD)}
         m_windowed = window_medians(self.block_m.extend(medians[M]), k)
         grad_windowed = window_medians(self.block_grad.extend(medians[GRAD]), k)
-        noise = self.noise.add(blocks[EXCESS], blocks[DESCENT], blocks[LOSS], blocks[LR])
-        trend = self.trend.add(blocks[EXCESS], blocks[DESCENT], blocks[LOSS], blocks[LR])
+        summaries = block_summaries(blocks[EXCESS], blocks[DESCENT], blocks[LOSS], blocks[LR])
+        noise, trend = self.noise.add(summaries), self.trend.add(summaries)
         loss_medians = self.block_loss.extend(medians[LOSS])
         gain, gain_se = _loss_gain(loss_medians, k)
         confident = gain >= self.t.sigmas * gain_se  # NaN: False

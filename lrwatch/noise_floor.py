@@ -56,6 +56,15 @@ def _block_means(blocks: np.ndarray) -> np.ndarray:
         return total / blocks.shape[1]
 
 
+def block_summaries(excess: np.ndarray, descent: np.ndarray, loss: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-block summaries the windows are built from, each (n_blocks,): the means of excess, descent
+    and loss, and the block's least and largest lr. Arguments: complete blocks, each (n_blocks, block).
+    Computed once per block however many windows use them."""
+    with np.errstate(all="ignore"):
+        return {"excess": _block_means(excess), "descent": _block_means(descent), "loss": _block_means(loss),
+                "lr_low": np.min(lr, axis=1), "lr_high": np.max(lr, axis=1)}
+
+
 class NoiseFloorWindow:
     """Windowed loss and descent figures at each block end, over the blocks since the lr last fell.
 
@@ -70,21 +79,16 @@ class NoiseFloorWindow:
         self.k, self.block, self.fall = blocks_per_window, block, lr_fall_fraction
         self.tails = {name: Tail(self.k - 1) for name in ("excess", "descent", "loss", "lr_low", "lr_high")}
 
-    def add(self, excess: np.ndarray, descent: np.ndarray, loss: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
-        """Take new complete blocks (each argument (n_blocks, block)); figures at their ends:
+    def add(self, summaries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Take the `block_summaries` of new complete blocks; figures at their ends:
 
         samples: samples in the window (0 where none); excess_loss, loss, descent: their means over it;
         excess_fraction: excess_loss / loss; fall: the loss's fall per sample (minus the slope of the
         least-squares line through the block means; NaN under two blocks); fall_se: its standard error
         from the residuals about that line (NaN under three blocks); block_lr: the block's own least lr.
         """
-        with np.errstate(all="ignore"):
-            summaries = {
-                "excess": _block_means(excess), "descent": _block_means(descent), "loss": _block_means(loss),
-                "lr_low": np.min(lr, axis=1), "lr_high": np.max(lr, axis=1),
-            }
         joined = {name: self.tails[name].extend(values) for name, values in summaries.items()}
-        n_new = len(loss)
+        n_new = len(summaries["loss"])
         current = slice(self.k - 1, self.k - 1 + n_new)
         lr_floor = joined["lr_low"][current]
         included = np.ones(n_new, dtype=bool)

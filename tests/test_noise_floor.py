@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrwatch.noise_floor import NoiseFloorWindow, excess_loss
+from lrwatch.noise_floor import NoiseFloorWindow, block_summaries, excess_loss
 
 
 def test_excess_loss_is_descent_over_four_one_minus_beta_and_unknown_beta_counts_as_plain_sgd():
@@ -32,10 +32,10 @@ def test_window_figures_equal_an_independent_fit_on_the_block_means_in_any_chunk
     loss = offset + rng.normal(2.0, 0.3, (n_blocks, block)) - 0.01 * np.arange(n_blocks * block).reshape(n_blocks, block)
     descent = rng.uniform(0.1, 1.0, (n_blocks, block))
     lr = np.ones((n_blocks, block))
-    whole = NoiseFloorWindow(k, block, None).add(descent / 4, descent, loss, lr)
+    whole = NoiseFloorWindow(k, block, None).add(block_summaries(descent / 4, descent, loss, lr))
     chunked = NoiseFloorWindow(k, block, None)
-    first = chunked.add(*(a[:cut] for a in (descent / 4, descent, loss, lr)))
-    second = chunked.add(*(a[cut:] for a in (descent / 4, descent, loss, lr)))
+    first = chunked.add(block_summaries(*(a[:cut] for a in (descent / 4, descent, loss, lr))))
+    second = chunked.add(block_summaries(*(a[cut:] for a in (descent / 4, descent, loss, lr))))
     for name in whole:
         np.testing.assert_array_equal(np.concatenate([first[name], second[name]]), whole[name])
     for end in range(n_blocks):  # window: the last min(k, end + 1) blocks
@@ -55,11 +55,11 @@ def test_the_window_restarts_after_the_lr_falls_and_skips_non_finite_blocks():
     lr = np.repeat([[1.0], [1.0], [1.0], [0.1], [0.1], [0.1]], block, axis=1)
     lr[3, 0] = 1.0  # the drop lands inside block 3: that block (largest lr 1 > 2 x 0.1) is cut too
     loss = np.ones((6, block))
-    figures = NoiseFloorWindow(k, block, 0.5).add(loss, loss, loss, lr)
+    figures = NoiseFloorWindow(k, block, 0.5).add(block_summaries(loss, loss, loss, lr))
     np.testing.assert_array_equal(figures["samples"], [2, 4, 6, 0, 2, 4])
     np.testing.assert_array_equal(figures["block_lr"], [1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
-    uncut = NoiseFloorWindow(k, block, None).add(loss, loss, loss, lr)
+    uncut = NoiseFloorWindow(k, block, None).add(block_summaries(loss, loss, loss, lr))
     np.testing.assert_array_equal(uncut["samples"], [2, 4, 6, 8, 8, 8])
     loss[1, 1] = np.nan  # a block with a NaN loss ends every window that reaches back to it
-    gapped = NoiseFloorWindow(k, block, None).add(loss, loss, loss, lr)
+    gapped = NoiseFloorWindow(k, block, None).add(block_summaries(loss, loss, loss, lr))
     np.testing.assert_array_equal(gapped["samples"], [2, 0, 2, 4, 6, 8])
