@@ -41,10 +41,21 @@ class DumpPerRank(Callback):
         )
 
 
+class DestroyProcessGroup(Callback):
+    """Tears the gloo process group down at the end of each worker's fit. Lightning destroys it at exit
+    only for NCCL; a gloo group left alive lets its threads meet interpreter shutdown, which now and then
+    aborts a worker ("terminate called without an active exception") after the test's work is done."""
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
 def _ddp_fit(tmp_path, model, callbacks, max_steps):
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=max_steps, logger=RecordingLogger(),
-        callbacks=[DumpPerRank(str(tmp_path)), ReferenceRecorder(), *callbacks], enable_checkpointing=False,
+        callbacks=[DumpPerRank(str(tmp_path)), ReferenceRecorder(), *callbacks, DestroyProcessGroup()], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(model, digits_loader(batch_size=32))
