@@ -172,6 +172,24 @@ def test_other_shapes_in_a_noisy_displacement(make, cv, kind, seed):
         assert found.drops == [] and found.segments == [(0, STEPS - 1)]
 
 
+def _fall_at_200(span: int) -> np.ndarray:
+    """A 10x fall of the level starting at sample 200, geometric over ``span`` samples (1: a step)."""
+    t = np.arange(500)
+    return np.exp(np.clip((t - 200 + 1) / span, 0, 1) * np.log(0.1))
+
+
+@pytest.mark.parametrize("cv", [0.05, 0.2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_gradual_fall_is_not_read_as_a_drop(cv, seed):
+    """The gradient's own falls take tens of steps (a too-high lr settling into a minimum); a schedule's
+    drop moves the displacement from one step to the next. The same 10x fall, over 30 samples or at once."""
+    gradual = signature(displacement(_fall_at_200(30), cv, seed, drift=1.0))
+    assert gradual.drops == [] and gradual.kind != "step"
+    abrupt = signature(displacement(_fall_at_200(1), cv, seed, drift=1.0))
+    assert (abrupt.kind, abrupt.drops) == ("step", [200])
+    assert abrupt.factors == pytest.approx([0.1], rel=0.15)
+
+
 LONG = 200_000
 
 
@@ -291,7 +309,8 @@ def test_to_dict_is_plain_json():
      ({"displacement": [0.1], "block": 0}, "block"), ({"displacement": [0.1], "drop_window": 97}, "drop_window"),
      ({"displacement": [0.1], "drop_window": 5}, "drop_window"), ({"displacement": [0.1], "rise_ratio": 1.0}, "rise_ratio"),
      ({"displacement": [0.1], "rise_ratio": True}, "rise_ratio"),
-     ({"displacement": [0.1], "confirm_scale": 0}, "confirm_scale"), ({"displacement": [0.1], "jump_reach": 2.5}, "jump_reach")],
+     ({"displacement": [0.1], "confirm_scale": 0}, "confirm_scale"), ({"displacement": [0.1], "jump_reach": 2.5}, "jump_reach"),
+     ({"displacement": [0.1], "abrupt_reach": 0}, "abrupt_reach"), ({"displacement": [0.1], "abrupt_share": 1.5}, "abrupt_share")],
 )
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
