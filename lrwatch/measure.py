@@ -115,21 +115,22 @@ def momentum_coefficient(group: dict) -> float:
     """β of a param group's momentum average: ``betas[0]`` when the group has ``betas`` (Adam, AdamW,
     NAdam, RAdam, Adamax, ...), else ``momentum`` (SGD, RMSprop), else 0.0 (no momentum: Adagrad, ...).
 
-    This is the β by which the excess-loss estimate descent / (4(1 − β)) is amplified. A tensor-valued β
-    gives NaN (unknown): reading it would sync with the device, and torch's optimizers keep Python floats.
+    This is the β by which the excess-loss estimate descent / (4(1 − β)) is amplified. Anything that is
+    not a plain real number (a tensor: reading it would sync with the device; a custom optimizer's own
+    type) gives NaN, "unknown": this runs inside ``optimizer.step`` and must not raise there. The
+    analysis then leaves the noise floor undecided for that group rather than guess a β.
     """
     if not isinstance(group, dict):
         raise ValueError(f"group must be a dict (an optimizer param group), got {group!r}")
     if "betas" in group:
-        beta = group["betas"][0]
+        betas = group["betas"]
+        beta = betas[0] if isinstance(betas, (tuple, list)) and betas else None
     elif "momentum" in group:
         beta = group["momentum"]
     else:
         return 0.0
-    if isinstance(beta, torch.Tensor):
-        return float("nan")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise ValueError(f"group's momentum coefficient must be a real number or a tensor, got {beta!r}")
+        return float("nan")
     return float(beta)
 
 
