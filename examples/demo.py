@@ -1,7 +1,9 @@
 """lrwatch demo: four short runs on scikit-learn's bundled digits, each with LRWatch attached.
 
 - ``tuned``: SGD+momentum, lr 0.05, StepLR halving every 150 steps — at most a short ``lr_too_high`` just
-  before the first halving (a drop would pay soon, and the schedule's own halving comes).
+  before the first halving (a drop would pay soon, and the schedule's own halving comes), and at the last
+  step a ``decay_too_aggressive``: at 1/8 of its peak lr the loss still falls at ~70% of the rate the steps
+  promise, so the run ends lr-limited (more steps, or a slower decay, would still pay).
 - ``too_high``: lr 0.15, StepLR drop only at step 450 — the loss sits on a high noise floor until the drop
   (``lr_too_high`` most of the way), then falls to ~0 within a few dozen steps.
 - ``diverging``: lr 1.0 with momentum 0.9 (an effective step of 10), StepLR drop only at step 450 — the
