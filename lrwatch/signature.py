@@ -301,7 +301,8 @@ class SignatureParams:
     abrupt_share: float = 0.4
 
     def __post_init__(self):
-        check_positive_int(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach", "abrupt_reach")
+        check_positive_int(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach",
+                           "abrupt_reach")
         if self.drop_window % self.block or self.drop_window < 2 * self.block:
             raise ValueError(
                 f"drop_window must be a multiple of block and at least 2 blocks, got {self.drop_window} "
@@ -650,7 +651,8 @@ class _DisplacementShape:
         log_drop = math.log(self.p.drop_ratio)
         log_factors = [d.log_ratio - drift * d.distance for d in found]
         sharp = [(d.step, d.previous, _exp(f)) for d, f, j in zip(found, log_factors, jumps)
-                 if j <= log_drop and f <= log_drop and d.abrupt(self.p.abrupt_share, f, self.p.abrupt_reach)]
+                 if j <= log_drop and f <= log_drop
+                 and d.abrupt(self.p.abrupt_share, f, self.p.abrupt_reach)]
         sharp_decline = -sum(j for j in jumps if j <= log_drop)
         slope, fitted = _line(x, y, weight)
         decline = fitted[0] - fitted[-1]
