@@ -47,8 +47,12 @@ float32/float64 parameters allocate nothing.
 
 Under sharded data parallelism (FSDP) each rank holds a shard: pass ``process_group`` (or ``True``
 for the default group) and the squared norms and the descent (a sum over shards too) are
-all-reduced (sum) in one collective, before the square roots. Under
-replicated data parallelism (DDP) every rank measures the same update and no reduction is needed.
+all-reduced (sum) in one collective, before the square roots. A DTensor parameter (FSDP2,
+``ModelParallelStrategy``) that is also replicated over some of its mesh's dimensions — hybrid
+sharding (HSDP), or a tensor-parallel layer's replicated bias — is held by R ranks at once (R the
+product of those dimensions' sizes), so each rank's share of its squares and descent is weighted
+1/R before the sum: every element counts once. Under replicated data parallelism (DDP) every rank
+measures the same update and no reduction is needed.
 """
 
 from __future__ import annotations
@@ -162,6 +166,20 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def replicas(t: torch.Tensor) -> int:
+    """How many ranks hold each element of ``t``'s local shard: for a DTensor, the product of the sizes
+    of the mesh dimensions it is replicated over (1 when it is sharded over all of them, as under plain
+    FSDP2); 1 for any other tensor."""
+    placements, mesh = getattr(t, "placements", None), getattr(t, "device_mesh", None)
+    if placements is None or mesh is None:
+        return 1
+    count = 1
+    for dim, placement in enumerate(placements):
+        if placement.is_replicate():
+            count *= mesh.size(dim)
+    return count
+
+
 class StepMeter:
     """Measures every (or every k-th) step of one optimizer; see the module docstring.
 
@@ -208,6 +226,10 @@ class StepMeter:
             for p in locals_
         ]
         self._param_group = torch.tensor(param_groups, dtype=torch.long, device=device)
+        counts = [replicas(p) for p in self.params] if self._group is not None else []
+        # each rank's share of a replicated shard's sums (None: every element is held once)
+        self._share = None if all(c == 1 for c in counts) else torch.tensor(
+            [1.0 / c for c in counts], dtype=self._acc_dtype, device=device)
         self._first_group_column = _FIRST_LR_COLUMN + self.n_groups
         n_columns = self._first_group_column + self.n_groups
         self._ring = torch.full((flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
@@ -260,13 +282,19 @@ class StepMeter:
         self._armed = False
         torch._foreach_sub_(self._snapshots, [_local(p.detach()) for p in self.params])  # now w_{t-1} - w_t, in place
         snapshot_squares = self._squares(self._snapshots)
-        group_squares = torch.zeros(self.n_groups, dtype=self._acc_dtype, device=self._ring.device)
-        group_squares.index_add_(0, self._param_group, snapshot_squares)
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
         grads = [_local(self.params[i].grad.detach()) for i in with_grad]
         grad_squares = self._squares(grads)
-        descent = self._descent(with_grad, grads, snapshot_squares, grad_squares)  # overwrites the snapshots
-        sums = torch.cat([group_squares.sum().view(1), grad_squares.sum().view(1), descent.view(1), group_squares])
+        descents = self._descents(with_grad, grads, snapshot_squares, grad_squares)  # overwrites the snapshots
+        if self._share is not None:  # replicated shards: each rank's share, so that the sum counts them once
+            snapshot_squares = snapshot_squares * self._share
+            grad_share = self._share if len(with_grad) == len(self.params) else torch.stack(
+                [self._share[i] for i in with_grad])  # int indexing: views, no index tensor to upload
+            grad_squares, descents = grad_squares * grad_share, descents * grad_share
+        group_squares = torch.zeros(self.n_groups, dtype=self._acc_dtype, device=self._ring.device)
+        group_squares.index_add_(0, self._param_group, snapshot_squares)
+        sums = torch.cat([group_squares.sum().view(1), grad_squares.sum().view(1), descents.sum().view(1),
+                          group_squares])
         if self._group is not None:  # every entry is a sum over shards: one collective for all
             dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self._group)
         row = self._ring[self._fill]
@@ -284,24 +312,24 @@ class StepMeter:
         self._measured_at = self.steps_taken
         self._fill += 1
 
-    def _descent(self, with_grad: list[int], grads: list[torch.Tensor], snapshot_squares: torch.Tensor,
-                 grad_squares: torch.Tensor) -> torch.Tensor:
-        """⟨s, g⟩ = −⟨w_t − w_{t−1}, g⟩ over the parameters ``with_grad`` (indices into ``self.params``,
-        ``grads`` their local gradients), 0-d in the accumulation dtype, by polarization from squared
-        norms: ⟨s_i, g_i⟩ = (‖s_i + c·g_i‖² − ‖s_i‖² − c²‖g_i‖²) / 2c. Adds c·g into the snapshots in
-        place: they are free once their norms are taken (the next measured pre-hook copies them afresh).
-        Before a scale c is known, exact per-tensor dot products instead."""
+    def _descents(self, with_grad: list[int], grads: list[torch.Tensor], snapshot_squares: torch.Tensor,
+                  grad_squares: torch.Tensor) -> torch.Tensor:
+        """⟨s_i, g_i⟩ = −⟨w_t − w_{t−1}, g⟩ restricted to each parameter of ``with_grad`` (indices into
+        ``self.params``, ``grads`` their local gradients), shape (len(with_grad),) in the accumulation
+        dtype, by polarization from squared norms: ⟨s_i, g_i⟩ = (‖s_i + c·g_i‖² − ‖s_i‖² − c²‖g_i‖²) / 2c.
+        Adds c·g into the snapshots in place: they are free once their norms are taken (the next
+        measured pre-hook copies them afresh). Before a scale c is known, exact dot products instead."""
         if not grads:
-            return torch.zeros((), dtype=self._acc_dtype, device=self._ring.device)
+            return torch.zeros(0, dtype=self._acc_dtype, device=self._ring.device)
         snapshots = [self._snapshots[i] for i in with_grad]
         if self._scale is None:
             return torch.stack([torch.dot(s.reshape(-1), g.reshape(-1).to(s.dtype)).to(self._acc_dtype)
-                                for s, g in zip(snapshots, grads)]).sum()
+                                for s, g in zip(snapshots, grads)])
         c = self._scale
         own_squares = snapshot_squares if len(with_grad) == len(self.params) else torch.stack(
             [snapshot_squares[i] for i in with_grad])  # int indexing: views, no index tensor to upload
         _add_scaled_in_place(snapshots, grads, c)
-        return (self._squares(snapshots) - own_squares - c * c * grad_squares).sum() / (2 * c)
+        return (self._squares(snapshots) - own_squares - c * c * grad_squares) / (2 * c)
 
     def _squares(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """‖x‖² of each tensor, shape (len(tensors),): norms in (at least) float32, squared in the

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrwatch.measure
-from lrwatch.measure import StepMeter, momentum_coefficient
+from lrwatch.measure import StepMeter, momentum_coefficient, replicas
 
 
 def _model(dtype=torch.float32):
@@ -446,6 +446,49 @@ def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(
     if not sharded:  # the shards' own descents are the parts of the sum the reduction takes
         _assert_descent_matches(np.add(results[0][1], results[1][1]), expected)
         assert all(abs(results[0][1][t] - expected[t, 4]) > 1e-3 * abs(expected[t, 4]) for t in range(4))
+
+
+def _hybrid_shard_worker(rank: int, world: int, port: int, results) -> None:
+    """HSDP with FSDP2 on CPU/gloo: a 2 x 2 mesh, parameters sharded over "shard" and replicated over
+    "replicate", so every element is held by two ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+        model = _model()
+        fully_shard(model, mesh=mesh)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        meter = StepMeter(optimizer, flush_every=2, process_group=True).attach()  # the scale c after 2 steps
+        counts = {replicas(p) for p in meter.params}
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(4):  # the same batches on every rank: the update equals the unsharded one
+            loss = model(torch.randn(32, 6, generator=generator)).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        records = meter.finish()
+        results[rank] = (records.displacement.tolist(), records.descent.tolist(), sorted(counts))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_hybrid_sharding_counts_every_replicated_element_once():
+    results = mp.Manager().dict()
+    mp.spawn(_hybrid_shard_worker, args=(4, _free_port(), results), nprocs=4, join=True)
+    model = _model()
+    expected = _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4)
+    for rank in range(4):
+        displacement, descent, counts = results[rank]
+        assert counts == [2]
+        np.testing.assert_allclose(displacement, expected[:, 0], rtol=1e-5)
+        _assert_descent_matches(descent, expected)
+
+
+def test_plain_tensors_are_held_once():
+    assert replicas(torch.zeros(3)) == 1 and replicas(torch.nn.Parameter(torch.zeros(2, 2))) == 1
 
 
 def test_per_group_displacement_and_weight_decay():
