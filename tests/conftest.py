@@ -108,6 +108,12 @@ class RecordingLogger(pl.loggers.Logger):
         return np.array(steps), np.array(values)
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, detached: a DTensor (FSDP2) is gathered from every rank that holds a part."""
+    t = t.detach()
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class ReferenceRecorder(Callback):
     """Independent reference: the flat float64 parameter vector of each optimizer before every one of
     its steps (Lightning's on_before_optimizer_step) and at the end, plus the lrs, the flat gradient
@@ -124,8 +130,8 @@ class ReferenceRecorder(Callback):
     def _flat(optimizer, attr=None):
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if attr == "grad":
-            return torch.cat([p.grad.detach().double().flatten() for p in params if p.grad is not None] or [torch.zeros(0)])
-        return torch.cat([p.detach().double().flatten() for p in params] or [torch.zeros(0)])
+            return torch.cat([_full(p.grad).double().flatten() for p in params if p.grad is not None] or [torch.zeros(0)])
+        return torch.cat([_full(p).double().flatten() for p in params] or [torch.zeros(0)])
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         key = next(i for i, o in enumerate(trainer.optimizers) if o is optimizer or o is getattr(optimizer, "optimizer", None))
@@ -134,7 +140,7 @@ class ReferenceRecorder(Callback):
         self.grad_norms.setdefault(key, []).append(float(self._flat(optimizer, "grad").norm()))
         params = [p for g in optimizer.param_groups for p in g["params"]]
         self.grads.setdefault(key, []).append(torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten() for p in params]
+            [(_full(p.grad) if p.grad is not None else torch.zeros(p.shape)).double().flatten() for p in params]
             or [torch.zeros(0)]))
 
     def on_train_end(self, trainer, pl_module):

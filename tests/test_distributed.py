@@ -1,7 +1,13 @@
-"""Real two-process DDP runs on CPU (gloo, ddp_spawn): every rank measures the same exact update, rank
-zero alone logs, and EarlyStepDrop's decisions leave every rank with the same lr at every step."""
+"""Real multi-process runs on CPU (gloo). DDP (ddp_spawn, two processes): every rank measures the same exact
+update, rank zero alone logs, and EarlyStepDrop's decisions leave every rank with the same lr at every step.
+Hybrid sharding (ModelParallelStrategy with FSDP2 on a 2 x 2 mesh, four processes): every rank measures the
+exact update of the whole model, each replicated shard counted once."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +101,17 @@ def test_ddp_ranks_take_rank_zeros_decision_at_the_same_step(tmp_path):
     np.testing.assert_array_equal(ranks[0]["lrs"], ranks[1]["lrs"])
     # Rank zero's drop after step 6 brings the step-8 drop forward; the next comes 8 later.
     np.testing.assert_allclose(ranks[0]["lrs"], [0.5] * 6 + [0.25] * 8)
+
+
+def test_hybrid_sharding_measures_the_whole_update_once(tmp_path):
+    """Lightning starts the ranks by re-running a script, so the run is a script of its own."""
+    script = Path(__file__).with_name("_hsdp_run.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in range(4):
+        r = np.load(tmp_path / f"rank{rank}.npz")
+        assert len(r["displacement"]) == 6
+        np.testing.assert_allclose(r["displacement"], r["reference"], rtol=1e-5)
+        np.testing.assert_allclose(r["grad_norm"], r["reference_grad_norm"], rtol=1e-5)
+        error = np.abs(r["descent"] - r["reference_descent"]) / (r["reference"] * r["reference_grad_norm"])
+        assert error.max() < 1e-5

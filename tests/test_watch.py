@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lrwatch
-from lrwatch.callbacks.watch import optimizer_names
+from lrwatch.callbacks.watch import _fsdp1_hybrid, _is_sharded, optimizer_names
 from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, TwoOptimizerGAN, digits_loader, make_trainer
 
 RTOL = 1e-5
@@ -190,3 +190,26 @@ def test_optimizer_interaction_monitors_with_adamw_and_step_drops():
     # lr*wd fell 25x by the second drop with wd unchanged: weight_decay_faded from step 25 on.
     steps, flags = logger.series("lrwatch/diagnosis/weight_decay_faded")
     np.testing.assert_array_equal(flags, (steps >= 25).astype(float))
+
+
+def _stub_trainer(strategy_name: str, world_size: int, sharding=None):
+    """An object with what the strategy checks read: the strategy's class name, its sharding, the world."""
+    strategy = type(strategy_name, (), {})()
+    if sharding is not None:
+        strategy.sharding_strategy = sharding
+    return type("Trainer", (), {"strategy": strategy, "world_size": world_size})()
+
+
+@pytest.mark.parametrize("name, world, sharded", [("FSDPStrategy", 2, True), ("ModelParallelStrategy", 4, True),
+                                                  ("DDPStrategy", 2, False), ("FSDPStrategy", 1, False)])
+def test_sharded_strategies_are_reduced_over_the_world(name, world, sharded):
+    assert _is_sharded(_stub_trainer(name, world)) is sharded
+
+
+def test_fsdp1_hybrid_sharding_is_recognised():
+    from torch.distributed.fsdp import ShardingStrategy
+
+    assert _fsdp1_hybrid(_stub_trainer("FSDPStrategy", 4, ShardingStrategy.HYBRID_SHARD))
+    assert _fsdp1_hybrid(_stub_trainer("FSDPStrategy", 4, ShardingStrategy._HYBRID_SHARD_ZERO2))
+    assert not _fsdp1_hybrid(_stub_trainer("FSDPStrategy", 4, ShardingStrategy.FULL_SHARD))
+    assert not _fsdp1_hybrid(_stub_trainer("ModelParallelStrategy", 4))

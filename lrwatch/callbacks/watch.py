@@ -70,10 +70,18 @@ def _adam_betas(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None:
 
 def _is_sharded(trainer) -> bool:
     """FSDP (``FSDPStrategy``) and FSDP2 (``ModelParallelStrategy``) shard parameters across ranks:
-    norms must then be all-reduced over all ranks before the square root. Hybrid sharding, which
-    also replicates across nodes, is not supported (replicas would be counted more than once)."""
+    norms must then be all-reduced over all ranks before the square root. FSDP2's DTensor parameters
+    say over which mesh dimensions they are replicated as well (hybrid sharding, tensor parallelism),
+    and `StepMeter` counts those replicas once; see `_fsdp1_hybrid` for the case it cannot see."""
     strategy = type(trainer.strategy).__name__
     return ("FSDP" in strategy or "ModelParallel" in strategy) and trainer.world_size > 1
+
+
+def _fsdp1_hybrid(trainer) -> bool:
+    """Whether the strategy is FSDP (v1) with a hybrid sharding strategy: its flat parameters carry no
+    placement, so a replica held on every node would be counted once per node."""
+    sharding = getattr(trainer.strategy, "sharding_strategy", None)
+    return "FSDP" in type(trainer.strategy).__name__ and "HYBRID" in str(getattr(sharding, "name", sharding))
 
 
 def _batch_loss(outputs) -> torch.Tensor | None:
@@ -188,6 +196,12 @@ class LRWatch(Callback):
             rank_zero_warn("LRWatch: the trainer has no optimizer; nothing will be measured.")
             return
         several = len(optimizers) > 1
+        if _fsdp1_hybrid(trainer):
+            rank_zero_warn("LRWatch: FSDPStrategy with hybrid sharding replicates each shard across nodes, which its "
+                           "flat parameters do not show: displacement, gradient norm and descent count every replica "
+                           "(too large by the square root of the number of replicas, the descent by that number). "
+                           "Hybrid sharding with FSDP2 (ModelParallelStrategy, fully_shard on a 2-D mesh) is measured "
+                           "exactly.")
         for name, opt in zip(optimizer_names(optimizers), optimizers):
             meter = StepMeter(
                 opt,
