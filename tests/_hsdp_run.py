@@ -42,6 +42,11 @@ class Save(Callback):
     def __init__(self, folder: str):
         self.folder = folder
 
+    def teardown(self, trainer, pl_module, stage):
+        # Lightning leaves a gloo group alive at exit, which now and then aborts a process at shutdown
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def on_train_end(self, trainer, pl_module):
         watch = next(cb for cb in trainer.callbacks if isinstance(cb, lrwatch.LRWatch))
         watch.on_train_end(trainer, pl_module)  # flush now: this callback may run first
