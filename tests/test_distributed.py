@@ -1,7 +1,7 @@
 """Real multi-process runs on CPU (gloo). DDP (ddp_spawn, two processes): every rank measures the same exact
 update, rank zero alone logs, and EarlyStepDrop's decisions leave every rank with the same lr at every step.
-Hybrid sharding (ModelParallelStrategy with FSDP2 on a 2 x 2 mesh, four processes): every rank measures the
-exact update of the whole model, each replicated shard counted once."""
+DTensor parameters (ModelParallelStrategy, four processes: FSDP2 hybrid sharding on a 2 x 2 mesh, or tensor
+parallelism with FSDP2): every rank measures the exact update of the whole model, each replica counted once."""
 
 from __future__ import annotations
 
@@ -103,10 +103,13 @@ def test_ddp_ranks_take_rank_zeros_decision_at_the_same_step(tmp_path):
     np.testing.assert_allclose(ranks[0]["lrs"], [0.5] * 6 + [0.25] * 8)
 
 
-def test_hybrid_sharding_measures_the_whole_update_once(tmp_path):
-    """Lightning starts the ranks by re-running a script, so the run is a script of its own."""
-    script = Path(__file__).with_name("_hsdp_run.py")
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("layout", ["hybrid", "tensor"])
+def test_dtensor_parameters_measure_the_whole_update_once(tmp_path, layout):
+    """Lightning starts the ranks by re-running a script, so the run is a script of its own. Without
+    counting replicas once, "hybrid" is off by sqrt(2) and "tensor" (a replicated bias) by ~1e-3."""
+    script = Path(__file__).with_name("_dtensor_run.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), layout], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in range(4):
         r = np.load(tmp_path / f"rank{rank}.npz")
