@@ -42,7 +42,8 @@ class ParallelMLP(DigitsMLP):
         if self.layout == "hybrid":
             fully_shard(self.net, mesh=init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard")))
         else:
-            parallelize_module(self.net, self.device_mesh["tensor_parallel"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
+            plan = {"0": ColwiseParallel(), "2": RowwiseParallel()}  # the second layer's bias stays replicated
+            parallelize_module(self.net, self.device_mesh["tensor_parallel"], plan)
             fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
 
 
