@@ -6,8 +6,9 @@ ModelParallelStrategy on 4 CPU processes (gloo; Lightning starts ranks 1-3 by re
 ``hybrid``: the classifier sharded with FSDP2's ``fully_shard`` over a 2 x 2 mesh, each parameter sharded
 over "shard" and replicated over "replicate" (HSDP). ``tensor``: tensor parallelism over the strategy's
 "tensor_parallel" dimension (first layer column-wise, second row-wise, whose bias is replicated) and
-``fully_shard`` over "data_parallel". Each rank saves LRWatch's records and an independent reference
-computed from the gathered full parameters to OUTDIR/rank<r>.npz.
+``fully_shard`` over "data_parallel". Each rank saves LRWatch's records, an independent reference
+computed from the gathered full parameters, and the lrs of every step to OUTDIR/rank<r>.npz. An
+EarlyStepDrop that would drop at a different step on each rank shows whether they all follow rank zero.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class ParallelMLP(DigitsMLP):
             fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
 
 
+class RankDependentDrop(lrwatch.EarlyStepDrop):
+    """Would drop after step 2 + r on rank r if ranks decided alone (no scheduler: a 10x drop)."""
+
+    def decide(self, report, step, last_analyzed):
+        return "drop" if step == 2 + torch.distributed.get_rank() else None
+
+
 class Save(Callback):
     def __init__(self, folder: str):
         self.folder = folder
@@ -64,7 +72,8 @@ class Save(Callback):
         records = watch.records()
         np.savez(f"{self.folder}/rank{trainer.global_rank}.npz", displacement=records.displacement,
                  descent=records.descent, grad_norm=records.grad_norm, reference=reference.displacements(),
-                 reference_descent=reference.descents(), reference_grad_norm=np.array(reference.grad_norms[0]))
+                 reference_descent=reference.descents(), reference_grad_norm=np.array(reference.grad_norms[0]),
+                 lrs=np.array(reference.lrs[0]))
 
 
 def main(folder: str, layout: str) -> None:
@@ -75,7 +84,8 @@ def main(folder: str, layout: str) -> None:
         strategy=pl.strategies.ModelParallelStrategy(data_parallel_size=WORLD // tensor, tensor_parallel_size=tensor),
         accelerator="cpu", devices=WORLD, max_steps=STEPS, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[lrwatch.LRWatch(flush_every=4, log=False), ReferenceRecorder(), Save(folder)],
+        callbacks=[lrwatch.LRWatch(flush_every=4, log=False), RankDependentDrop(decide_every=1, cooldown=0),
+                   ReferenceRecorder(), Save(folder)],
     )
     trainer.fit(ParallelMLP(layout), digits_loader(batch_size=32))
 

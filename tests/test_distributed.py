@@ -1,7 +1,8 @@
 """Real multi-process runs on CPU (gloo). DDP (ddp_spawn, two processes): every rank measures the same exact
 update, rank zero alone logs, and EarlyStepDrop's decisions leave every rank with the same lr at every step.
 DTensor parameters (ModelParallelStrategy, four processes: FSDP2 hybrid sharding on a 2 x 2 mesh, or tensor
-parallelism with FSDP2): every rank measures the exact update of the whole model, each replica counted once."""
+parallelism with FSDP2): every rank measures the exact update of the whole model, each replica counted once,
+and follows rank zero's EarlyStepDrop decisions."""
 
 from __future__ import annotations
 
@@ -118,3 +119,5 @@ def test_dtensor_parameters_measure_the_whole_update_once(tmp_path, layout):
         np.testing.assert_allclose(r["grad_norm"], r["reference_grad_norm"], rtol=1e-5)
         error = np.abs(r["descent"] - r["reference_descent"]) / (r["reference"] * r["reference_grad_norm"])
         assert error.max() < 1e-5
+        # rank zero's drop after step 2 is every rank's: body lr 0.1, head lr 0.025, both 10x lower from step 3
+        np.testing.assert_allclose(r["lrs"], [[0.1, 0.025]] * 2 + [[0.01, 0.0025]] * 4, rtol=1e-12)
