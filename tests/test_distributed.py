@@ -61,7 +61,8 @@ class DestroyProcessGroup(Callback):
 def _ddp_fit(tmp_path, model, callbacks, max_steps):
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=max_steps, logger=RecordingLogger(),
-        callbacks=[DumpPerRank(str(tmp_path)), ReferenceRecorder(), *callbacks, DestroyProcessGroup()], enable_checkpointing=False,
+        callbacks=[DumpPerRank(str(tmp_path)), ReferenceRecorder(), *callbacks, DestroyProcessGroup()],
+        enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(model, digits_loader(batch_size=32))
