@@ -86,7 +86,7 @@ class StepRecords:
         group_displacement: float64 (n, n_groups), displacement of each group's parameters.
         weight_decay: float64 (n, n_groups), each group's ``weight_decay`` (0 where it has none).
         momentum: float64 (n, n_groups), each group's β (`momentum_coefficient`; dimensionless, NaN
-            where it is a tensor).
+            where it is not a plain number).
         loss_assigned: bool (n,), whether a loss was assigned (a NaN loss that was assigned is data).
     """
 
@@ -288,8 +288,7 @@ class StepMeter:
         descents = self._descents(with_grad, grads, snapshot_squares, grad_squares)  # overwrites the snapshots
         if self._share is not None:  # replicated shards: each rank's share, so that the sum counts them once
             snapshot_squares = snapshot_squares * self._share
-            grad_share = self._share if len(with_grad) == len(self.params) else torch.stack(
-                [self._share[i] for i in with_grad])  # int indexing: views, no index tensor to upload
+            grad_share = self._entries(self._share, with_grad)
             grad_squares, descents = grad_squares * grad_share, descents * grad_share
         group_squares = torch.zeros(self.n_groups, dtype=self._acc_dtype, device=self._ring.device)
         group_squares.index_add_(0, self._param_group, snapshot_squares)
@@ -326,10 +325,14 @@ class StepMeter:
             return torch.stack([torch.dot(s.reshape(-1), g.reshape(-1).to(s.dtype)).to(self._acc_dtype)
                                 for s, g in zip(snapshots, grads)])
         c = self._scale
-        own_squares = snapshot_squares if len(with_grad) == len(self.params) else torch.stack(
-            [snapshot_squares[i] for i in with_grad])  # int indexing: views, no index tensor to upload
+        own_squares = self._entries(snapshot_squares, with_grad)
         _add_scaled_in_place(snapshots, grads, c)
         return (self._squares(snapshots) - own_squares - c * c * grad_squares) / (2 * c)
+
+    def _entries(self, per_param: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """The entries ``indices`` of a per-parameter tensor (shape (len(self.params),)): the tensor itself
+        when they are all of them; else stacked from int-indexed views, so no index tensor is uploaded."""
+        return per_param if len(indices) == len(self.params) else torch.stack([per_param[i] for i in indices])
 
     def _squares(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """‖x‖² of each tensor, shape (len(tensors),): norms in (at least) float32, squared in the
