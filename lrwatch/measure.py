@@ -331,8 +331,11 @@ class StepMeter:
 
     def _entries(self, per_param: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """The entries ``indices`` of a per-parameter tensor (shape (len(self.params),)): the tensor itself
-        when they are all of them; else stacked from int-indexed views, so no index tensor is uploaded."""
-        return per_param if len(indices) == len(self.params) else torch.stack([per_param[i] for i in indices])
+        when they are all of them; else stacked from int-indexed views, so no index tensor is uploaded
+        (an empty view when there are none: a step where no parameter has a gradient)."""
+        if len(indices) == len(self.params):
+            return per_param
+        return torch.stack([per_param[i] for i in indices]) if indices else per_param[:0]
 
     def _squares(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """‖x‖² of each tensor, shape (len(tensors),): norms in (at least) float32, squared in the

@@ -407,37 +407,58 @@ def test_sharded_norms_are_all_reduced_before_the_square_root():
         _assert_descent_matches(descent, expected)
 
 
-def _fully_shard_worker(rank: int, world: int, port: int, sharded: bool, results) -> None:
-    """FSDP2 (`fully_shard`) on CPU/gloo: parameters are DTensors, each rank holds half of each."""
+def _fully_shard_worker(rank: int, world: int, port: int, sharded: bool, mesh_shape: tuple | None, results) -> None:
+    """FSDP2 (`fully_shard`) on CPU/gloo: parameters are DTensors. With ``mesh_shape`` None each rank
+    holds 1/world of each; with (2, 2) (HSDP) they are sharded over "shard" and replicated over
+    "replicate", so every element is held by two ranks. Four steps with _train's batches (the same on
+    every rank: the update equals the unsharded one), the scale c known after the first two, then a step
+    without gradients (nothing moves)."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        mesh = mesh_shape and init_device_mesh("cpu", mesh_shape, mesh_dim_names=("replicate", "shard"))
         model = _model()
-        fully_shard(model)
+        fully_shard(model, mesh=mesh)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        meter = StepMeter(optimizer, process_group=sharded or None).attach()
+        meter = StepMeter(optimizer, flush_every=2, process_group=sharded or None).attach()
         generator = torch.Generator().manual_seed(1)
-        for _ in range(4):  # _train's batches, the same on both ranks: the update equals the unsharded one
+        for _ in range(4):
             loss = model(torch.randn(32, 6, generator=generator)).square().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        optimizer.zero_grad()
+        optimizer.step()
         records = meter.finish()
-        results[rank] = (records.displacement.tolist(), records.descent.tolist())
+        counts = sorted({replicas(p) for p in meter.params})
+        results[rank] = (records.displacement.tolist(), records.descent.tolist(), counts)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sharded", [True, False])
-def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(sharded):
+def _sharded_results(world: int, sharded: bool, mesh_shape: tuple | None) -> tuple[list, np.ndarray]:
+    """Per rank (displacement, descent, replica counts) of the measured steps with gradients, after
+    checking the step without any is measured as no motion; and the unsharded reference."""
     results = mp.Manager().dict()
-    mp.spawn(_fully_shard_worker, args=(2, _free_port(), sharded, results), nprocs=2, join=True)
+    mp.spawn(_fully_shard_worker, args=(world, _free_port(), sharded, mesh_shape, results), nprocs=world, join=True)
     model = _model()
     expected = _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4)
-    for rank in range(2):
-        displacement, descent = results[rank]
+    ranks = []
+    for rank in range(world):
+        displacement, descent, counts = results[rank]
+        assert len(displacement) == 5 and displacement[4] == 0.0 and descent[4] == 0.0
+        ranks.append((displacement[:4], descent[:4], counts))
+    return ranks, expected
+
+
+@pytest.mark.parametrize("sharded", [True, False])
+def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(sharded):
+    results, expected = _sharded_results(2, sharded, None)
+    for displacement, descent, counts in results:
+        assert counts == [1]
         if sharded:
             np.testing.assert_allclose(displacement, expected[:, 0], rtol=1e-5)
             _assert_descent_matches(descent, expected)
@@ -448,40 +469,9 @@ def test_fully_shard_parameters_match_the_unsharded_run_only_with_the_reduction(
         assert all(abs(results[0][1][t] - expected[t, 4]) > 1e-3 * abs(expected[t, 4]) for t in range(4))
 
 
-def _hybrid_shard_worker(rank: int, world: int, port: int, results) -> None:
-    """HSDP with FSDP2 on CPU/gloo: a 2 x 2 mesh, parameters sharded over "shard" and replicated over
-    "replicate", so every element is held by two ranks."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
-        model = _model()
-        fully_shard(model, mesh=mesh)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        meter = StepMeter(optimizer, flush_every=2, process_group=True).attach()  # the scale c after 2 steps
-        counts = {replicas(p) for p in meter.params}
-        generator = torch.Generator().manual_seed(1)
-        for _ in range(4):  # the same batches on every rank: the update equals the unsharded one
-            loss = model(torch.randn(32, 6, generator=generator)).square().mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        records = meter.finish()
-        results[rank] = (records.displacement.tolist(), records.descent.tolist(), sorted(counts))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_hybrid_sharding_counts_every_replicated_element_once():
-    results = mp.Manager().dict()
-    mp.spawn(_hybrid_shard_worker, args=(4, _free_port(), results), nprocs=4, join=True)
-    model = _model()
-    expected = _train(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), 4)
-    for rank in range(4):
-        displacement, descent, counts = results[rank]
+    results, expected = _sharded_results(4, True, (2, 2))
+    for displacement, descent, counts in results:
         assert counts == [2]
         np.testing.assert_allclose(displacement, expected[:, 0], rtol=1e-5)
         _assert_descent_matches(descent, expected)
