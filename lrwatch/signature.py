@@ -180,17 +180,6 @@ def window_medians(values: np.ndarray, width: int) -> np.ndarray:
     return row_medians(sliding_window_view(values, width))
 
 
-def window_means(values: np.ndarray, width: int) -> np.ndarray:
-    """Mean of every run of ``width`` consecutive values, summed in a fixed order (exact under chunking)."""
-    count = len(values) - width + 1
-    if count <= 0:
-        return np.empty(0)
-    total = values[:count].copy()
-    for offset in range(1, width):
-        total += values[offset : offset + count]
-    return total / width
-
-
 def window_dot(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted sum of every run of len(weights) consecutive values, summed in a fixed order (exact
     under chunking); NaN where a run holds a NaN."""
@@ -701,18 +690,14 @@ class _Drop:
 def _ramp_gain(y: np.ndarray, split: int) -> float:
     """Sum of squared residuals of log values ``y`` about two levels (split before index ``split``)
     minus that about their least-squares line; NaN values left out; NaN when either side is empty."""
-    x = np.arange(len(y), dtype=np.float64)
     usable = ~np.isnan(y)
     before, after = y[:split][usable[:split]], y[split:][usable[split:]]
     if not len(before) or not len(after):
         return math.nan
     levels = float(np.sum((before - before.mean()) ** 2) + np.sum((after - after.mean()) ** 2))
-    x, y = x[usable], y[usable]
-    centred = x - x.mean()
-    spread = float(np.sum(centred**2))
-    slope = float(np.sum(centred * (y - y.mean())) / spread) if spread > 0 else 0.0
-    line = float(np.sum((y - y.mean() - slope * centred) ** 2))
-    return levels - line
+    x = np.flatnonzero(usable).astype(np.float64)
+    _, fitted = _line(x, y[usable], np.ones(len(x)))
+    return levels - float(np.sum((y[usable] - fitted) ** 2))
 
 
 def _lasting(windows: np.ndarray, threshold: float, rising: bool, rank: float) -> np.ndarray:
