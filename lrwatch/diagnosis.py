@@ -71,6 +71,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from lrwatch._checks import require_positive_int_fields
 from lrwatch.noise_floor import DROP_GAIN, NoiseFloorWindow, block_summaries, excess_loss
 from lrwatch.signature import (
     Signature,
@@ -80,7 +81,6 @@ from lrwatch.signature import (
     as_series,
     as_steps,
     block_medians,
-    check_positive_int,
     json_float,
     split_blocks,
     window_dot,
@@ -244,8 +244,8 @@ class Thresholds:
     lr_limited_efficiency: float = 0.5
 
     def __post_init__(self):
-        check_positive_int(self, "block", "window", "stall_windows", "diverge_recent", "diverge_window", "diverge_hold",
-                           "diverge_start", "noise_window", "noise_min_samples", "noise_horizon")
+        require_positive_int_fields(self, "block", "window", "stall_windows", "diverge_recent", "diverge_window",
+                                    "diverge_hold", "diverge_start", "noise_window", "noise_min_samples", "noise_horizon")
         for name in ("window", "diverge_window", "noise_window", "noise_min_samples"):
             if getattr(self, name) % self.block:
                 raise ValueError(f"{name} must be a multiple of block ({self.block}), got {getattr(self, name)}")

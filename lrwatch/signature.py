@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from lrwatch._checks import require_positive_int_fields
+
 KINDS = ("constant", "step", "exponential", "other")
 """The schedule kinds a `Signature` can report."""
 
@@ -290,8 +292,8 @@ class SignatureParams:
     abrupt_share: float = 0.4
 
     def __post_init__(self):
-        check_positive_int(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach",
-                           "abrupt_reach")
+        require_positive_int_fields(self, "block", "drop_window", "confirm_scale", "profile_size", "jump_reach",
+                                    "abrupt_reach")
         if self.drop_window % self.block or self.drop_window < 2 * self.block:
             raise ValueError(
                 f"drop_window must be a multiple of block and at least 2 blocks, got {self.drop_window} "
@@ -302,14 +304,6 @@ class SignatureParams:
             raise ValueError(f"rise_ratio must be a number > 1, got {self.rise_ratio!r}")
         if not (isinstance(self.exp_bend, (int, float)) and self.exp_bend >= 1):
             raise ValueError(f"exp_bend must be a number >= 1, got {self.exp_bend!r}")
-
-
-def check_positive_int(params, *names: str) -> None:
-    """ValueError naming the first of ``names`` that is not a positive int."""
-    for name in names:
-        value = getattr(params, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_fraction(params, *names: str) -> None:
