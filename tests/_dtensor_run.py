@@ -17,14 +17,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lrwatch  # noqa: E402
-from lrwatch._lightning import Callback, pl  # noqa: E402
-from tests.conftest import DigitsMLP, ReferenceRecorder, digits_loader  # noqa: E402
+from lrwatch._lightning import pl  # noqa: E402
+from tests.conftest import DigitsMLP, RankDependentDrop, ReferenceRecorder, SaveRankRecords, digits_loader  # noqa: E402
 
 WORLD = 4
 STEPS = 6
@@ -48,34 +47,6 @@ class ParallelMLP(DigitsMLP):
             fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
 
 
-class RankDependentDrop(lrwatch.EarlyStepDrop):
-    """Would drop after step 2 + r on rank r if ranks decided alone (no scheduler: a 10x drop)."""
-
-    def decide(self, report, step, last_analyzed):
-        return "drop" if step == 2 + torch.distributed.get_rank() else None
-
-
-class Save(Callback):
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def teardown(self, trainer, pl_module, stage):
-        # Lightning leaves a gloo group alive at exit, which now and then aborts a process at shutdown
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-    def on_train_end(self, trainer, pl_module):
-        watch = next(cb for cb in trainer.callbacks if isinstance(cb, lrwatch.LRWatch))
-        watch.on_train_end(trainer, pl_module)  # flush now: this callback may run first
-        reference = next(cb for cb in trainer.callbacks if isinstance(cb, ReferenceRecorder))
-        reference.on_train_end(trainer, pl_module)  # gathers the final parameters (a collective: every rank)
-        records = watch.records()
-        np.savez(f"{self.folder}/rank{trainer.global_rank}.npz", displacement=records.displacement,
-                 descent=records.descent, grad_norm=records.grad_norm, reference=reference.displacements(),
-                 reference_descent=reference.descents(), reference_grad_norm=np.array(reference.grad_norms[0]),
-                 lrs=np.array(reference.lrs[0]))
-
-
 def main(folder: str, layout: str) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -84,8 +55,8 @@ def main(folder: str, layout: str) -> None:
         strategy=pl.strategies.ModelParallelStrategy(data_parallel_size=WORLD // tensor, tensor_parallel_size=tensor),
         accelerator="cpu", devices=WORLD, max_steps=STEPS, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[lrwatch.LRWatch(flush_every=4, log=False), RankDependentDrop(decide_every=1, cooldown=0),
-                   ReferenceRecorder(), Save(folder)],
+        callbacks=[lrwatch.LRWatch(flush_every=4, log=False), RankDependentDrop(2, 1, decide_every=1, cooldown=0),
+                   ReferenceRecorder(), SaveRankRecords(folder)],
     )
     trainer.fit(ParallelMLP(layout), digits_loader(batch_size=32))
 

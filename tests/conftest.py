@@ -9,6 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
+import lrwatch
 from lrwatch._lightning import Callback, pl
 
 torch.set_num_threads(1)
@@ -155,6 +156,52 @@ class ReferenceRecorder(Callback):
         """−⟨w_t − w_{t−1}, g_t⟩ of every step, in float64."""
         vectors = self.before[key] + [self.final[key]]
         return np.array([-float((b - a) @ g) for a, b, g in zip(vectors[:-1], vectors[1:], self.grads[key])])
+
+
+class RankDependentDrop(lrwatch.EarlyStepDrop):
+    """An EarlyStepDrop that would drop after step ``first + spacing * r`` on rank r if ranks decided alone:
+    the ranks agree only if they all follow rank zero."""
+
+    def __init__(self, first: int, spacing: int, **options):
+        super().__init__(**options)
+        self.first, self.spacing = first, spacing
+
+    def decide(self, report, step, last_analyzed):
+        return "drop" if step == self.first + self.spacing * torch.distributed.get_rank() else None
+
+
+class SaveRankRecords(Callback):
+    """For multi-process runs: per rank, at the end of training, to ``folder``/rank<r>.npz — LRWatch's
+    records (steps, displacement, descent, grad_norm), the ReferenceRecorder's independent figures
+    (reference, reference_descent, reference_grad_norm), each step's lrs per group (lrs, (n, groups)) and
+    the ``lrwatch/displacement`` values the rank's logger received (logged, (k, 2): step, value; empty
+    without a RecordingLogger). Needs an LRWatch and a ReferenceRecorder among the callbacks.
+
+    At teardown it destroys the process group: Lightning does so at exit only for NCCL, and a gloo group
+    left alive meets interpreter shutdown, which now and then aborts a process ("terminate called
+    without an active exception") after its work is done. No barrier: a rank that failed must not leave
+    the others waiting."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        watch = next(cb for cb in trainer.callbacks if isinstance(cb, lrwatch.LRWatch))
+        watch.on_train_end(trainer, pl_module)  # flush now: this callback may run first
+        reference = next(cb for cb in trainer.callbacks if isinstance(cb, ReferenceRecorder))
+        reference.on_train_end(trainer, pl_module)  # with DTensors a gather: a collective on every rank
+        records = watch.records()
+        logged = getattr(trainer.logger, "metrics", {}).get("lrwatch/displacement", [])
+        np.savez(
+            f"{self.folder}/rank{trainer.global_rank}.npz", steps=records.steps, displacement=records.displacement,
+            descent=records.descent, grad_norm=records.grad_norm, reference=reference.displacements(),
+            reference_descent=reference.descents(), reference_grad_norm=np.array(reference.grad_norms[0]),
+            lrs=np.array(reference.lrs[0]), logged=np.array(logged, dtype=float).reshape(-1, 2),
+        )
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @pytest.fixture

@@ -15,54 +15,16 @@ import pytest
 import torch
 
 import lrwatch
-from lrwatch._lightning import Callback, pl
-from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, digits_loader
+from lrwatch._lightning import pl
+from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, RankDependentDrop, SaveRankRecords, digits_loader
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
-
-
-class DumpPerRank(Callback):
-    """Saves, per rank: LRWatch's records, the reference displacements, the lr before each step and
-    what the rank's logger received."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.lrs: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-    def on_train_end(self, trainer, pl_module):
-        watch = next(cb for cb in trainer.callbacks if isinstance(cb, lrwatch.LRWatch))
-        watch.on_train_end(trainer, pl_module)  # flush now: this callback may run first
-        reference = next(cb for cb in trainer.callbacks if isinstance(cb, ReferenceRecorder))
-        reference.on_train_end(trainer, pl_module)
-        records = watch.records()
-        logged = trainer.logger.metrics.get("lrwatch/displacement", [])
-        np.savez(
-            f"{self.folder}/rank{trainer.global_rank}.npz",
-            steps=records.steps, displacement=records.displacement, reference=reference.displacements(),
-            descent=records.descent, reference_descent=reference.descents(),
-            grad_norm=np.array(reference.grad_norms[0]),
-            lrs=np.array(self.lrs), logged=np.array(logged, dtype=float).reshape(-1, 2),
-        )
-
-
-class DestroyProcessGroup(Callback):
-    """Tears the gloo process group down at the end of each worker's fit. Lightning destroys it at exit
-    only for NCCL; a gloo group left alive lets its threads meet interpreter shutdown, which now and then
-    aborts a worker ("terminate called without an active exception") after the test's work is done."""
-
-    def teardown(self, trainer, pl_module, stage):
-        if torch.distributed.is_initialized():  # no barrier: a rank that failed must not leave the other waiting
-            torch.distributed.destroy_process_group()
 
 
 def _ddp_fit(tmp_path, model, callbacks, max_steps):
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=max_steps, logger=RecordingLogger(),
-        callbacks=[DumpPerRank(str(tmp_path)), ReferenceRecorder(), *callbacks, DestroyProcessGroup()],
-        enable_checkpointing=False,
+        callbacks=[SaveRankRecords(str(tmp_path)), ReferenceRecorder(), *callbacks], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(model, digits_loader(batch_size=32))
@@ -75,19 +37,12 @@ def test_ddp_every_rank_measures_the_exact_update_and_rank_zero_logs(tmp_path):
         np.testing.assert_array_equal(rank["steps"], np.arange(1, 13))
         np.testing.assert_allclose(rank["displacement"], rank["reference"], rtol=1e-5)
         # the descent uses the all-reduced gradient the update used; error relative to |dw||g|
-        error = np.abs(rank["descent"] - rank["reference_descent"]) / (rank["reference"] * rank["grad_norm"])
+        error = np.abs(rank["descent"] - rank["reference_descent"]) / (rank["reference"] * rank["reference_grad_norm"])
         assert error.max() < 1e-5
     np.testing.assert_allclose(ranks[0]["displacement"], ranks[1]["displacement"], rtol=1e-6)
     np.testing.assert_allclose(ranks[0]["descent"], ranks[1]["descent"], rtol=1e-6)
     np.testing.assert_allclose(ranks[0]["logged"][:, 1], ranks[0]["displacement"], rtol=1e-12)
     assert len(ranks[1]["logged"]) == 0  # Lightning's loggers write on rank zero only
-
-
-class RankDependentDrop(lrwatch.EarlyStepDrop):
-    """Would drop at a different step on each rank if ranks decided alone: rank r wants step 6 + 3r."""
-
-    def decide(self, report, step, last_analyzed):
-        return "drop" if step == 6 + 3 * torch.distributed.get_rank() else None
 
 
 class StepScheduled(DigitsMLP):
@@ -98,11 +53,11 @@ class StepScheduled(DigitsMLP):
 
 
 def test_ddp_ranks_take_rank_zeros_decision_at_the_same_step(tmp_path):
-    callbacks = [lrwatch.LRWatch(flush_every=4), RankDependentDrop(decide_every=1, cooldown=0)]
+    callbacks = [lrwatch.LRWatch(flush_every=4), RankDependentDrop(6, 3, decide_every=1, cooldown=0)]
     ranks = _ddp_fit(tmp_path, StepScheduled(), callbacks, max_steps=14)
     np.testing.assert_array_equal(ranks[0]["lrs"], ranks[1]["lrs"])
     # Rank zero's drop after step 6 brings the step-8 drop forward; the next comes 8 later.
-    np.testing.assert_allclose(ranks[0]["lrs"], [0.5] * 6 + [0.25] * 8)
+    np.testing.assert_allclose(ranks[0]["lrs"][:, 0], [0.5] * 6 + [0.25] * 8)
 
 
 @pytest.mark.parametrize("layout", ["hybrid", "tensor"])
