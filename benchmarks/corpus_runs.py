@@ -65,6 +65,13 @@ MIN_GAIN_FRACTION = 0.01
 #: A run diverges when a loss or displacement is non-finite or the minibatch loss exceeds this
 #: multiple of the initial full-data loss.
 DIVERGENCE_LOSS_RATIO = 1e6
+#: A run that never blows up has still diverged, slowly, when the median of its last ``END_SAMPLES``
+#: minibatch losses exceeds this multiple of the initial full-data loss: training left it worse than it
+#: began. (A cross-entropy loss grows only linearly with the weights, so a run can climb 100x over
+#: hundreds of steps without nearing DIVERGENCE_LOSS_RATIO.) The same ratio as the closed-loop
+#: benchmark's divergence test.
+SLOW_DIVERGENCE_RATIO = 2.0
+END_SAMPLES = 50
 
 SCHEDULES = ("constant", "step", "exponential")
 SETTINGS = ("sensible", "too_high", "too_aggressive", "diverging")
@@ -161,8 +168,24 @@ class RunRecord:
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
     @property
-    def diverged(self) -> bool:
+    def blew_up(self) -> bool:
+        """A non-finite value or a loss above DIVERGENCE_LOSS_RATIO × the start, at ``divergence_step``."""
         return self.divergence_step is not None
+
+    @property
+    def climbed(self) -> bool:
+        """Diverged slowly: no blow-up, but the run ends above SLOW_DIVERGENCE_RATIO × its start loss."""
+        return not self.blew_up and bool(np.median(self.loss[-END_SAMPLES:]) > SLOW_DIVERGENCE_RATIO * self.start_loss)
+
+    @property
+    def diverged(self) -> bool:
+        return self.blew_up or self.climbed
+
+    @property
+    def onset(self) -> int:
+        """Where a diverged run's divergence is scored from: the blow-up step, or the run's length for a
+        slow divergence (it has no blow-up inside the run, so a flag anywhere in it comes before one)."""
+        return self.divergence_step if self.blew_up else len(self.loss)
 
 
 def build_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer):

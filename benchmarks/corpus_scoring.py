@@ -11,7 +11,8 @@ function with its contract. Two ways of calling it:
 A diagnosis counts at checkpoint t only when ``analyze`` on the series cut at t (inputs ``[:t+1]``) has
 it active at t, so a detector that looks ahead gains nothing. Runs that diverge are left out of the
 schedule scores (their displacement after the blow-up says nothing about the schedule) and scored on
-whether a ``diverging`` diagnosis appears on the series cut just before the divergence onset.
+whether a ``diverging`` diagnosis appears on the series cut just before the divergence onset (a run
+that diverges slowly, without a blow-up, must be flagged somewhere in it: ``RunRecord.onset``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from corpus_runs import RunRecord
+from corpus_runs import END_SAMPLES, RunRecord
 
 #: A predicted drop matches a true one within this many steps.
 DROP_TOLERANCE = 3
@@ -74,7 +75,7 @@ def predict_run(record: RunRecord, analyze) -> RunPrediction:
     flags = [list(analyze(m[: c.step + 1], loss[: c.step + 1], **cut(c.step + 1)).active(c.step))
              for c in record.checkpoints]
     if record.diverged:
-        onset = record.divergence_step
+        onset = record.onset
         before = analyze(m[:onset], loss[:onset], **cut(onset)) if onset > 0 else None
         diverging_start = None if before is None else _first_start(before, DIVERGING)
     else:
@@ -151,6 +152,7 @@ class SplitScore:
     recall: dict[str, Ratio]
     diverging_caught: Ratio
     diverging_lead_steps: list[int]
+    slow_divergences_flagged: list[str]
     diverging_false_alarms: Ratio
     misread_kinds: list[str]
 
@@ -188,7 +190,10 @@ def score_split(records: list[RunRecord], predictions: list[RunPrediction]) -> S
         precision=precision,
         recall=recall,
         diverging_caught=Ratio(len(caught), len(diverging)),
-        diverging_lead_steps=[r.divergence_step - p.diverging_start for r, p in caught],
+        diverging_lead_steps=[r.onset - p.diverging_start for r, p in caught if r.blew_up],
+        slow_divergences_flagged=[
+            f"{r.spec.name}: loss ends {np.median(r.loss[-END_SAMPLES:]) / r.start_loss:.0f}x its start, "
+            f"flagged from step {p.diverging_start} of {len(r.loss)}" for r, p in diverging if r.climbed],
         diverging_false_alarms=Ratio(sum(p.diverging_start is not None for _, p in stable), len(stable)),
         misread_kinds=[
             f"{r.spec.name}: with lr {p.kind_with_lr}, displacement only {p.kind_from_displacement}"

@@ -65,7 +65,7 @@ def print_runs_summary(records: list[RunRecord]) -> None:
         s = r.spec
         drops = ",".join(map(str, r.drops[:2])) + (f",…({len(r.drops)})" if len(r.drops) > 2 else "")
         print(f"{split_of(r):9s} {s.task:14s} {s.optimizer:9s} {s.schedule:12s} {s.setting:15s} {s.lr:7.3g}"
-              f" {s.seed:4d} {len(r.lr):5d} {drops or '-':14s} {str(r.divergence_step or '-'):>8s}"
+              f" {s.seed:4d} {len(r.lr):5d} {drops or '-':14s} {'slow' if r.climbed else str(r.divergence_step or '-'):>8s}"
               f" {len(r.checkpoints):5d} {sum(c.lr_too_high for c in r.checkpoints):4d}"
               f" {sum(c.decay_too_aggressive for c in r.checkpoints):4d}")
 
@@ -100,7 +100,7 @@ def score_table(scores: dict[str, scoring.SplitScore]) -> list[tuple[str, str, l
             [x.recall[kind].meets(scoring.GOAL_RECALL) for x in s])
     add("diverging runs flagged before onset", "all", [str(x.diverging_caught) for x in s],
         [x.diverging_caught.meets(1.0) for x in s])
-    add("  steps flagged ahead of onset (min/median)", "", [
+    add("  steps flagged ahead of a blow-up (min/median)", "", [
         f"{min(x.diverging_lead_steps)}/{statistics.median(x.diverging_lead_steps):g}"
         if x.diverging_lead_steps else "-" for x in s], [None for _ in s])
     add("'diverging' on non-diverging runs", "none", [str(x.diverging_false_alarms) for x in s],
@@ -117,9 +117,14 @@ def print_scores(scores: dict[str, scoring.SplitScore]) -> None:
     for split, score in scores.items():
         for line in score.misread_kinds:
             print(f"  kind misread ({split}): {line}")
+        for line in score.slow_divergences_flagged:
+            print(f"  slow divergence ({split}): {line}")
+    constants = labelling_constants()
     print("\nOnset of divergence: the first non-finite loss or displacement, or a loss above "
-          f"{labelling_constants()['DIVERGENCE_LOSS_RATIO']:g}x the initial one. Kind and drop scores leave "
-          "diverging runs out; a diagnosis counts at checkpoint t only if active at t on the series cut at t.")
+          f"{constants['DIVERGENCE_LOSS_RATIO']:g}x the initial one (a blow-up); a run without one that ends "
+          f"above {constants['SLOW_DIVERGENCE_RATIO']:g}x its initial loss diverged slowly and must be flagged "
+          "somewhere in it. Kind and drop scores leave diverging runs out; a diagnosis counts at checkpoint t "
+          "only if active at t on the series cut at t.")
 
 
 def _json_safe(value):
@@ -146,7 +151,8 @@ def run_details(record: RunRecord, prediction: scoring.RunPrediction | None) -> 
         "split": split_of(record),
         "spec": dataclasses.asdict(record.spec),
         "truth": {"kind": scoring.true_kind(record), "drops": record.drops, "start_loss": record.start_loss,
-                  "first_nonfinite": record.first_nonfinite, "divergence_step": record.divergence_step},
+                  "first_nonfinite": record.first_nonfinite, "divergence_step": record.divergence_step,
+                  "slow_divergence": record.climbed},
         "series": {"displacement": record.displacement, "lr": record.lr, "grad_norm": record.grad_norm,
                    "loss": record.loss, "descent": record.descent, "momentum": record.momentum},
         "checkpoints": checkpoints,

@@ -62,6 +62,10 @@ one, so noise does not make them flicker):
   under a warmup or leaving a flat initialisation). When the loss is given, a jump counts only while
   the last ``diverge_recent`` losses are all above ``diverge_start_factor`` times the start level: a
   too-high lr makes a loss that has fallen near 0 spike many-fold without the run blowing up.
+  A slow blow-up has no jump: a cross-entropy loss grows only linearly with the weights, and under a
+  too-high lr can climb hundreds-fold over hundreds of steps without ever growing 4x within 20. So
+  ``diverging`` also holds, decided at block ends, while the loss's windowed median is at least
+  ``diverge_start_factor`` times its start level: a loss settled far above where training began.
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ RULES = (LR_TOO_HIGH, DECAY_TOO_AGGRESSIVE, DIVERGING)
 """Kinds `Analyzer` can flag, in the order it reports simultaneous starts."""
 LR_LIMITED = "lr_limited"
 """Internal windowed state: a side of decay_too_aggressive (with a decayed lr), never reported alone."""
+LOSS_CLIMBED = "loss_climbed"
+"""Internal windowed state: the side of diverging that a slow blow-up shows, never reported alone."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,9 @@ class Thresholds:
         all above this times the start level. On the corpus's tuning split (benchmarks/
         diagnosis_corpus.py, 25 runs that do not diverge, 4 that do) 1 / 2 / 3 / 4 / 6 / 8 gave 2 / 1 /
         0 / 0 / 0 / 0 false alarms (too-high lrs' spikes from a loss near 0), all 4 caught before onset.
+        The loss's windowed median at this times the start level is a slow blow-up: on the whole corpus
+        that median stayed below 1x the start level on every run that does not diverge, and reached 84x
+        on the one that climbs without blowing up.
     decayed_fraction: the lr counts as decayed when at most this times its running peak (0.5, as in
         the corpus's labelling: a decayed lr is one at most half the initial).
     lr_limited_efficiency: a decayed lr is *limiting* while the loss falls at least this fraction of the
@@ -315,7 +324,7 @@ class Analyzer:
         self.peak = np.nan  # largest windowed m so far
         self.loss_progress = np.nan  # progress at the last block end
         self.healthy = (np.nan, np.nan)  # (gain, windowed gradient part) at the last healthy block
-        self.block_state = {LR_TOO_HIGH: False, DECAY_TOO_AGGRESSIVE: False, LR_LIMITED: False}
+        self.block_state = {LR_TOO_HIGH: False, DECAY_TOO_AGGRESSIVE: False, LR_LIMITED: False, LOSS_CLIMBED: False}
         self.nonfinite = False  # a non-finite value has been seen: diverging for good
         self.lr_budget = _LrBudget(t)
         self.last_jump = -(10**18)  # sample index of the last divergence jump
@@ -341,6 +350,8 @@ class Analyzer:
         self.schedule.update(series.get("displacement"), series.get("lr"), step_values)
         with np.errstate(all="ignore"):  # NaN, Inf and overflow are data here
             table = _sample_table(series, n)
+            # the loss's start level first: the windowed rules compare the loss with it at block ends
+            start = self.jump_refs.see_loss(table[LOSS], self.count + np.arange(n))
             states, evidence = self._block_rules(table, step_values)
             if "lr" in series:  # decay_too_aggressive: the windowed rule, a limiting decayed lr, or the lr budget
                 spent, decayed, lr_evidence = self.lr_budget.update(series["lr"])
@@ -353,7 +364,10 @@ class Analyzer:
                     else windowed_evidence(i))
             else:
                 states.pop(LR_LIMITED), evidence.pop(LR_LIMITED)
-            states[DIVERGING], evidence[DIVERGING] = self._divergence(table, series, step_values)
+            jumped, jump_evidence = self._divergence(table, series, step_values, start)
+            climbed, climbed_evidence = states.pop(LOSS_CLIMBED), evidence.pop(LOSS_CLIMBED)
+            states[DIVERGING] = jumped | climbed
+            evidence[DIVERGING] = lambda i: jump_evidence(i) if jumped[i] else climbed_evidence(i)
             self._track(states, evidence, step_values)
         self.count += n
         self.last_step = int(step_values[-1])
@@ -376,7 +390,7 @@ class Analyzer:
         self.blocks += n_blocks
         figures = self._block_figures(blocks) if n_blocks else {}
         states, evidence = {}, {}
-        for kind in (DECAY_TOO_AGGRESSIVE, LR_TOO_HIGH, LR_LIMITED):
+        for kind in (DECAY_TOO_AGGRESSIVE, LR_TOO_HIGH, LR_LIMITED, LOSS_CLIMBED):
             by_block = np.empty(0, dtype=bool)
             if n_blocks:
                 enter, stay = _conditions(kind, figures, t)
@@ -422,15 +436,21 @@ class Analyzer:
         healthy_grad = np.concatenate([[self.healthy[1]], grad_windowed])[last]
         self.healthy = (float(healthy_gain[-1]), float(healthy_grad[-1]))
         self.jump_refs.add(blocks)
+        # the loss's start level where it was known at each block end (a block's last sample index)
+        ends = (self.blocks - len(loss_level) + np.arange(1, len(loss_level) + 1)) * self.t.block - 1
+        start = np.where(ends >= self.jump_refs.start_index, self.jump_refs.start, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            over_start = np.where(start > 0, loss_level / start, np.nan)
         return {
-            "m": m_windowed, "peak": peak, "gain": gain, "progress": progress, "grad": grad_windowed,
+            "m": m_windowed, "loss_over_start": over_start, "peak": peak, "gain": gain, "progress": progress, "grad": grad_windowed,
             "healthy_gain": healthy_gain, "healthy_grad": healthy_grad, **{f"noise_{k}": v for k, v in noise.items()},
             **{f"trend_{k}": v for k, v in trend.items()},
         }
 
     # -- divergence, decided at every sample ------------------------------------------------------
-    def _divergence(self, table: np.ndarray, series: dict, steps: np.ndarray):
-        """Per-sample ``diverging`` state over this chunk, and its evidence at a sample."""
+    def _divergence(self, table: np.ndarray, series: dict, steps: np.ndarray, start: np.ndarray):
+        """Per-sample state of ``diverging``'s non-finite and jump sides over this chunk, and their
+        evidence at a sample. ``start``: the loss's start level in force at each sample (NaN: unknown)."""
         t = self.t
         index = self.count + np.arange(len(steps))  # global sample index
         bad = np.zeros(len(steps), dtype=bool)
@@ -439,7 +459,6 @@ class Analyzer:
                 bad |= ~np.isfinite(series[name])
         nonfinite = np.logical_or.accumulate(np.concatenate([[self.nonfinite], bad]))[1:]
         self.nonfinite = bool(nonfinite[-1])
-        start = self.jump_refs.see_loss(table[LOSS], index)
         (least_loss, growth_loss), (_, growth_jump) = (self.jump_refs.growth(c, table[c], index) for c in (LOSS, JUMP))
         growth = {LOSS: growth_loss, JUMP: growth_jump}
         self.jump_refs.forget_chunk()
@@ -661,6 +680,9 @@ def _conditions(kind: str, f: dict[str, np.ndarray], t: Thresholds) -> tuple[np.
         improving = f["healthy_gain"] >= t.improving_gain
         # an unknown progress (no loss) neither starts nor keeps a stall
         stalled, not_resumed = f["progress"] <= t.stall_gain, f["progress"] < t.resume_gain
+        if kind == LOSS_CLIMBED:  # the loss has settled far above where training started
+            climbed = f["loss_over_start"] >= t.diverge_start_factor
+            return climbed, climbed
         if kind == LR_LIMITED:  # the loss falls significantly, at about the rate the steps promise
             limited = ((f["trend_fall"] >= t.sigmas * f["trend_fall_se"]) & (f["trend_descent"] > 0)
                        & (f["trend_fall"] >= t.lr_limited_efficiency * f["trend_descent"]))
@@ -692,6 +714,8 @@ def _evidence(kind: str, f: dict[str, np.ndarray], block: int, t: Thresholds) ->
         if kind == LR_TOO_HIGH:
             return {name: float(f[f"noise_{name}"][block])
                     for name in ("excess_fraction", "excess_loss", "loss", "descent", "fall", "samples")}
+        if kind == LOSS_CLIMBED:
+            return {"loss_level_over_start": float(f["loss_over_start"][block]), "window": float(t.window)}
         if kind == LR_LIMITED:
             return {"loss_fall": float(f["trend_fall"][block]), "fall_se": float(f["trend_fall_se"][block]),
                     "descent": float(f["trend_descent"][block]), "window": float(t.window)}
@@ -742,6 +766,11 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
         return (
             f"Non-finite {named}: training diverged; restart from the last good checkpoint with a lower lr "
             f"(or clip gradients)."
+        )
+    if "loss_level_over_start" in e:
+        return (
+            f"The loss's median over the last {e['window']:.0f} steps is {e['loss_level_over_start']:.1f}x where "
+            f"training started: training is diverging, slowly; lower the lr now (or clip gradients)."
         )
     growth, series = max(((v, k) for k, v in e.items() if k.endswith("_growth")), default=(math.nan, "values"))
     label = series.removesuffix("_growth").replace("grad", "gradient")

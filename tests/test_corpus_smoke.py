@@ -1,5 +1,6 @@
 """Smoke test of the diagnosis-corpus generator (benchmarks/corpus_*.py) on a few very short runs."""
 
+import copy
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -86,6 +87,16 @@ def test_diverging_run_is_detected_and_not_labelled_after_onset(runs):
     assert not runs[SGD_RUN].diverged and runs[SGD_RUN].first_nonfinite is None
 
 
+@pytest.mark.parametrize("end_ratio, climbed", [(1.9, False), (2.1, True)])
+def test_a_run_that_ends_above_twice_its_start_loss_diverged_slowly(runs, end_ratio, climbed):
+    record = copy.copy(runs[SGD_RUN])
+    assert not record.diverged and record.divergence_step is None
+    record.loss = np.r_[record.loss[:10], np.full(30, end_ratio * record.start_loss)]  # its last 50: 40 steps
+    assert (record.climbed, record.diverged, record.blew_up) == (climbed, climbed, False)
+    if climbed:
+        assert record.onset == len(record.loss)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
 def test_displacement_matches_flattened_parameter_vectors(optimizer):
     task = load_task("digits")
@@ -112,12 +123,12 @@ def test_cache_round_trip_keeps_series_truth_and_labels(runs, tmp_path):
     save_corpus(records, path, generation_seconds=1.5)
     loaded, seconds = load_corpus(path, [r.spec for r in records])
     assert seconds == 1.5
-    for original, copy in zip(records, loaded):
+    for original, reloaded in zip(records, loaded):
         for name in ("displacement", "lr", "grad_norm", "loss"):
-            np.testing.assert_array_equal(getattr(copy, name), getattr(original, name))
-        assert (copy.drops, copy.first_nonfinite, copy.divergence_step, copy.start_loss) == (
+            np.testing.assert_array_equal(getattr(reloaded, name), getattr(original, name))
+        assert (reloaded.drops, reloaded.first_nonfinite, reloaded.divergence_step, reloaded.start_loss) == (
             original.drops, original.first_nonfinite, original.divergence_step, original.start_loss)
-        assert copy.checkpoints == original.checkpoints
+        assert reloaded.checkpoints == original.checkpoints
     assert load_corpus(path, [r.spec for r in records][::-1]) is None
 
 

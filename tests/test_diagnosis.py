@@ -173,7 +173,9 @@ def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
     clean: 64-32-10 tanh MLP, lr 0.05, still improving throughout;
     collapse: the MLP at lr 0.05 for 300 steps, then the lr times 0.9 per step;
     diverge: least-squares regression onto one-hot labels, lr 0.02 for 150 steps, then 3 (beyond the
-        stability ceiling: the loss grows geometrically to inf).
+        stability ceiling: the loss grows geometrically to inf);
+    climb: the MLP with ReLU under heavy-ball momentum 0.9 at lr 0.2: the cross-entropy settles, then climbs
+        hundreds-fold over hundreds of steps without ever jumping or turning non-finite.
     """
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -183,13 +185,15 @@ def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
         "clean": lambda t: 0.05,
         "collapse": lambda t: 0.05 if t < 300 else 0.05 * 0.9 ** (t - 300),
         "diverge": lambda t: 0.02 if t < 150 else 3.0,
+        "climb": lambda t: 0.2,
     }[schedule]
     linear = schedule in ("too_high", "too_high_dropped", "diverge")
     x, y = _digits(0.3 if schedule.startswith("too_high") else 0.0)
+    activation = torch.nn.ReLU() if schedule == "climb" else torch.nn.Tanh()  # tanh saturates: no climb
     model = torch.nn.Linear(64, 10) if linear else torch.nn.Sequential(
-        torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+        torch.nn.Linear(64, 32), activation, torch.nn.Linear(32, 10))
     params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=lr_at(0))
+    optimizer = torch.optim.SGD(params, lr=lr_at(0), momentum=0.9 if schedule == "climb" else 0.0)
     batch = 16 if schedule.startswith("too_high") else 32
     record = {name: np.empty(steps) for name in ("displacement", "loss", "grad_norm", "lr", "descent")}
     for t in range(steps):
@@ -250,6 +254,42 @@ def test_a_diverging_run_is_flagged_before_its_first_non_finite_value():
         [start] = [d.start for d in report.diagnoses if d.kind == "diverging"]
         assert 150 < start < first_bad
         assert all("diverging" in report.active(s) for s in range(start, 300))
+
+
+def climbed_window_ends(loss: np.ndarray) -> np.ndarray:
+    """Independent computation of the slow side of ``diverging`` at the default thresholds: the steps
+    ending a block of 10 where the median of the last 10 block medians of the loss is at least 4x the
+    median of its first 5 values."""
+    medians = np.median(loss[: len(loss) // 10 * 10].reshape(-1, 10), axis=1)
+    level = np.array([np.median(medians[j - 9 : j + 1]) for j in range(9, len(medians))])
+    return 10 * np.arange(9, len(medians))[level >= 4 * np.median(loss[:5])] + 9
+
+
+def test_a_loss_that_climbs_far_above_its_start_without_jumping_is_diverging():
+    run = train("climb", 500)
+    assert np.all(np.isfinite(run["loss"])) and np.median(run["loss"][-50:]) > 50 * run["loss"][0]
+    for given in (run, {"displacement": run["displacement"], "loss": run["loss"]}):
+        [d] = [d for d in analyze(**given).diagnoses if d.kind == "diverging"]
+        assert (d.start, d.end) == (climbed_window_ends(run["loss"])[0], None)
+        assert d.start < 400 and "diverging, slowly" in d.message
+    # no other side of the rule sees it: the loss never jumps 4x within 20 steps
+    assert not any(d.kind == "diverging" for d in analyze(**run, diverge_start_factor=1e9).diagnoses)
+
+
+def test_the_slow_side_of_diverging_ends_when_the_loss_settles_back():
+    # the loss rises 2 % a step (never 4x within the 20-step jump window) to 19.5x, holds, falls back
+    loss = np.r_[np.ones(50), 1.02 ** np.arange(150), np.full(200, 1.02**149), 1.02 ** np.arange(149, -1, -1),
+                 np.ones(100)]
+    ends = climbed_window_ends(loss)
+    assert np.all(np.diff(ends) == 10)  # one stretch
+    [d] = analyze(np.ones(len(loss)), loss=loss).diagnoses
+    assert (d.kind, d.start, d.end) == ("diverging", ends[0], ends[-1] + 9)
+    assert d.evidence == {"loss_level_over_start": pytest.approx(np.median(
+        np.median(loss[: ends[0] + 1].reshape(-1, 10), axis=1)[-10:])), "window": 100.0}
+    analyzer = Analyzer()
+    for chunk in np.array_split(loss, 37):
+        analyzer.update(np.ones(len(chunk)), loss=chunk)
+    assert analyzer.report().diagnoses == [d]
 
 
 def test_a_clean_improving_run_is_not_flagged():
