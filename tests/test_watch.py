@@ -192,18 +192,40 @@ def test_optimizer_interaction_monitors_with_adamw_and_step_drops():
     np.testing.assert_array_equal(flags, (steps >= 25).astype(float))
 
 
-def _stub_trainer(strategy_name: str, world_size: int, sharding=None):
-    """An object with what the strategy checks read: the strategy's class name, its sharding, the world."""
-    strategy = type(strategy_name, (), {})()
+def _stub_trainer(strategy_name: str, world_size: int, sharding=None, module="pytorch_lightning.strategies",
+                  subclass: str | None = None):
+    """An object with what the strategy checks read: the strategy's class (named ``strategy_name``,
+    defined in ``module``, or a ``subclass`` of it), its sharding, the world."""
+    strategy_class = type(strategy_name, (), {"__module__": module})
+    if subclass is not None:
+        strategy_class = type(subclass, (strategy_class,), {"__module__": "user_code"})
+    strategy = strategy_class()
     if sharding is not None:
         strategy.sharding_strategy = sharding
     return type("Trainer", (), {"strategy": strategy, "world_size": world_size})()
 
 
+PLAIN = [torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)]
+
+
 @pytest.mark.parametrize("name, world, sharded", [("FSDPStrategy", 2, True), ("ModelParallelStrategy", 4, True),
                                                   ("DDPStrategy", 2, False), ("FSDPStrategy", 1, False)])
-def test_sharded_strategies_are_reduced_over_the_world(name, world, sharded):
-    assert _is_sharded(_stub_trainer(name, world)) is sharded
+@pytest.mark.parametrize("module", ["pytorch_lightning.strategies.fsdp", "lightning.pytorch.strategies.fsdp"])
+def test_sharded_strategies_are_reduced_over_the_world(name, world, sharded, module):
+    assert _is_sharded(_stub_trainer(name, world, module=module), PLAIN) is sharded
+    # a user's subclass of Lightning's strategy is that strategy
+    assert _is_sharded(_stub_trainer(name, world, module=module, subclass="MyStrategy"), PLAIN) is sharded
+
+
+def test_a_strategy_is_recognised_by_its_lightning_class_not_its_name_or_by_dtensor_parameters():
+    assert not _is_sharded(_stub_trainer("FSDPStrategy", 2, module="someone_elses_library"), PLAIN)
+    # a custom strategy whose optimizer holds DTensors (they carry placements): reduced over the world
+    dtensor = torch.nn.Parameter(torch.ones(2))
+    dtensor.placements = ()
+    custom = _stub_trainer("MyShardingStrategy", 2, module="user_code")
+    assert _is_sharded(custom, [torch.optim.SGD([dtensor], lr=0.1)])
+    assert not _is_sharded(_stub_trainer("MyShardingStrategy", 1, module="user_code"),
+                           [torch.optim.SGD([dtensor], lr=0.1)])
 
 
 def test_fsdp1_hybrid_sharding_is_recognised():
@@ -213,3 +235,4 @@ def test_fsdp1_hybrid_sharding_is_recognised():
     assert _fsdp1_hybrid(_stub_trainer("FSDPStrategy", 4, ShardingStrategy._HYBRID_SHARD_ZERO2))
     assert not _fsdp1_hybrid(_stub_trainer("FSDPStrategy", 4, ShardingStrategy.FULL_SHARD))
     assert not _fsdp1_hybrid(_stub_trainer("ModelParallelStrategy", 4))
+    assert _fsdp1_hybrid(_stub_trainer("FSDPStrategy", 4, ShardingStrategy.HYBRID_SHARD, subclass="MyFSDP"))

@@ -68,20 +68,35 @@ def _adam_betas(optimizer: torch.optim.Optimizer) -> tuple[float, float] | None:
     return (float(betas[0]), float(betas[1])) if betas is not None else None
 
 
-def _is_sharded(trainer) -> bool:
-    """FSDP (``FSDPStrategy``) and FSDP2 (``ModelParallelStrategy``) shard parameters across ranks:
-    norms must then be all-reduced over all ranks before the square root. FSDP2's DTensor parameters
-    say over which mesh dimensions they are replicated as well (hybrid sharding, tensor parallelism),
-    and `StepMeter` counts those replicas once; see `_fsdp1_hybrid` for the case it cannot see."""
-    strategy = type(trainer.strategy).__name__
-    return ("FSDP" in strategy or "ModelParallel" in strategy) and trainer.world_size > 1
+_SHARDING_STRATEGIES = ("FSDPStrategy", "ModelParallelStrategy")
+
+
+def _is_lightning_strategy(strategy, names: tuple[str, ...]) -> bool:
+    """Whether ``strategy`` is one of Lightning's strategy classes ``names``, or a subclass of one (of
+    either package: the callbacks serve trainers of ``pytorch_lightning`` and ``lightning.pytorch``)."""
+    return any(cls.__name__ in names and cls.__module__.split(".")[0] in ("pytorch_lightning", "lightning")
+               for cls in type(strategy).__mro__)
+
+
+def _is_sharded(trainer, optimizers) -> bool:
+    """Whether the norms must be all-reduced over all ranks before the square root: under FSDP
+    (``FSDPStrategy``), FSDP2 (``ModelParallelStrategy``) or a subclass, and under any strategy whose
+    optimizers hold DTensor parameters (a custom strategy that shards with ``fully_shard`` or tensor
+    parallelism). DTensors say over which mesh dimensions they are replicated as well (hybrid
+    sharding, tensor parallelism), and `StepMeter` counts those replicas once; see `_fsdp1_hybrid` for
+    the case it cannot see."""
+    if trainer.world_size <= 1:
+        return False
+    dtensors = any(hasattr(p, "placements") for opt in optimizers for g in opt.param_groups for p in g["params"])
+    return dtensors or _is_lightning_strategy(trainer.strategy, _SHARDING_STRATEGIES)
 
 
 def _fsdp1_hybrid(trainer) -> bool:
     """Whether the strategy is FSDP (v1) with a hybrid sharding strategy: its flat parameters carry no
     placement, so a replica held on every node would be counted once per node."""
     sharding = getattr(trainer.strategy, "sharding_strategy", None)
-    return "FSDP" in type(trainer.strategy).__name__ and "HYBRID" in str(getattr(sharding, "name", sharding))
+    return (_is_lightning_strategy(trainer.strategy, ("FSDPStrategy",))
+            and "HYBRID" in str(getattr(sharding, "name", sharding)))
 
 
 def _batch_loss(outputs) -> torch.Tensor | None:
@@ -195,7 +210,7 @@ class LRWatch(Callback):
         if not optimizers:
             rank_zero_warn("LRWatch: the trainer has no optimizer; nothing will be measured.")
             return
-        several = len(optimizers) > 1
+        several, sharded = len(optimizers) > 1, _is_sharded(trainer, optimizers)
         if _fsdp1_hybrid(trainer):
             rank_zero_warn("LRWatch: FSDPStrategy with hybrid sharding replicates each shard across nodes, which its "
                            "flat parameters do not show: displacement, gradient norm and descent count every replica "
@@ -208,7 +223,7 @@ class LRWatch(Callback):
                 flush_every=self.flush_every,
                 every_n_steps=self.every_n_steps,
                 clock=lambda: trainer.global_step + 1,  # read in the post-step hook, before Lightning counts it
-                process_group=True if _is_sharded(trainer) else None,
+                process_group=True if sharded else None,
             )
             if not meter.params:
                 rank_zero_warn(f"LRWatch: optimizer {name} has no trainable parameters; nothing will be measured.")
