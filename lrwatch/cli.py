@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lrwatch.diagnosis import Report, analyze
-from lrwatch.tensorboard import RunSeries, Track, diagnoses_markdown, find_runs, read_run
+from lrwatch.tensorboard import RunSeries, Track, check_lr_tag, diagnoses_markdown, find_runs, read_run
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print one JSON object keyed by run")
     report.add_argument("--plot", metavar="FILE.png", help="write a figure, one row per run (needs matplotlib)")
     report.add_argument("--run", metavar="NAME", help="only this run (its directory relative to LOGDIR)")
+    report.add_argument("--lr-tag", metavar="TAG", help="for runs without lrwatch tags: read the lr from TAG (and "
+                        "TAG/<group>), the LearningRateMonitor tag of a scheduler given a \"name\" in its config, "
+                        "instead of the default lr-<Optimizer> tags")
     report.add_argument("--progress", action="store_true", help="a line on stderr per run read (default: on a "
                         f"terminal, with more than {FEW_RUNS} runs or {MANY_EVENT_BYTES // 2**20} MiB of events)")
     return parser
@@ -93,13 +96,14 @@ def analyze_track(run: RunSeries, track: Track) -> Analysis:
     return Analysis(_label(run, track), run, track, report, None)
 
 
-def _run_problems(run: RunSeries, analyses: list[Analysis]) -> list[str]:
+def _run_problems(run: RunSeries, analyses: list[Analysis], lr_tag: str | None) -> list[str]:
     """What kept all or part of this run out of the report, one phrase each."""
     problems = list(run.problems)
     if not run.tracks and not run.problems:
         shown = sorted(run.scalars)[:LISTED_TAGS] + (["…"] if len(run.scalars) > LISTED_TAGS else [])
         listed = f" (its {len(run.scalars)} scalar tags: {', '.join(shown)})" if run.scalars else ""
-        problems.append(f"no lrwatch or learning-rate tags{listed}")
+        wanted = f"no lrwatch tags and no {lr_tag!r} tag" if lr_tag else "no lrwatch or learning-rate tags"
+        problems.append(f"{wanted}{listed}")
     for a in analyses:
         if a.error:
             problems.append(f"analysis{f' of {a.track.optimizer}' if a.track.optimizer else ''} failed: {a.error}")
@@ -164,6 +168,7 @@ def _plot(analyses: list[Analysis], path: str) -> None:
 def report(args: argparse.Namespace) -> int:
     """The ``report`` subcommand; returns the exit status, raises CommandError when nothing can be reported."""
     try:
+        check_lr_tag(args.lr_tag)
         runs = find_runs(args.logdir)
     except ValueError as error:
         raise CommandError(str(error)) from error
@@ -178,10 +183,10 @@ def report(args: argparse.Namespace) -> int:
     problems: dict[str, list[str]] = {}
     for done, (name, files) in enumerate(runs.items(), start=1):
         started = time.perf_counter()
-        run = read_run(name, files)
+        run = read_run(name, files, args.lr_tag)
         found = [analyze_track(run, track) for track in run.tracks]
         analyses += [a for a in found if a.report]
-        problems[name] = _run_problems(run, found)
+        problems[name] = _run_problems(run, found, args.lr_tag)
         if show_progress:
             print(f"{PROG}: [{done}/{len(runs)}] {name}: {run.n_records:,} records, "
                   f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)

@@ -33,7 +33,8 @@ LOSS_FALLBACK_TAGS = ("train_loss", "loss", "train/loss", "train_loss_step")
 """Loss tags read, in this order of preference, when a run has no ``lrwatch/loss``."""
 
 LR_MONITOR_PREFIX = "lr-"
-"""Lightning's ``LearningRateMonitor`` names its tags ``lr-<Optimizer>[-<i>][/<group>]`` or by scheduler name."""
+"""Lightning's ``LearningRateMonitor`` names its tags ``lr-<Optimizer>[-<i>][/<group>]``, or ``<name>[/<group>]``
+for a scheduler given a ``"name"`` in its config: those are read only when named (``lr_tag``)."""
 
 LR_MONITOR_OTHER_SUFFIXES = ("-momentum", "-weight_decay")
 """``LearningRateMonitor`` tags that carry something other than the lr."""
@@ -203,11 +204,17 @@ def _lrwatch_lr_tags(scalars: dict[str, Series]) -> dict[str, list[str]]:
     return groups
 
 
-def _lr_monitor_tags(scalars: dict[str, Series]) -> dict[str, list[str]]:
-    """``LearningRateMonitor`` lr tags grouped by optimizer (the part before any ``/<group>``)."""
+def _lr_monitor_tags(scalars: dict[str, Series], lr_tag: str | None) -> dict[str, list[str]]:
+    """``LearningRateMonitor`` lr tags grouped by optimizer (the part before any ``/<group>``); with ``lr_tag``,
+    only ``lr_tag`` and ``lr_tag/<group>``, as one optimizer."""
     groups: dict[str, list[str]] = {}
     for tag in scalars:
-        if tag.startswith(LR_MONITOR_PREFIX) and not tag.endswith(LR_MONITOR_OTHER_SUFFIXES):
+        if tag.endswith(LR_MONITOR_OTHER_SUFFIXES):
+            continue
+        if lr_tag is not None:
+            if tag == lr_tag or tag.startswith(lr_tag + "/"):
+                groups.setdefault(lr_tag, []).append(tag)
+        elif tag.startswith(LR_MONITOR_PREFIX):
             groups.setdefault(tag[len(LR_MONITOR_PREFIX) :].split("/")[0], []).append(tag)
     return groups
 
@@ -262,8 +269,9 @@ def _build_track(
     )
 
 
-def _tracks(scalars: dict[str, Series]) -> tuple[Track, ...]:
-    """One track per optimizer: lrwatch displacement first, else lrwatch lr, else ``LearningRateMonitor`` lr."""
+def _tracks(scalars: dict[str, Series], lr_tag: str | None = None) -> tuple[Track, ...]:
+    """One track per optimizer: lrwatch displacement first, else lrwatch lr, else ``LearningRateMonitor`` lr
+    (its default tags, or ``lr_tag``)."""
     displacement_tags = [t for t in scalars if t == tags.DISPLACEMENT or t.startswith(tags.DISPLACEMENT + "/")]
     lrwatch_lr = _lrwatch_lr_tags(scalars)
     if displacement_tags:
@@ -274,7 +282,7 @@ def _tracks(scalars: dict[str, Series]) -> tuple[Track, ...]:
                          0, scalars, optimizers)
             for tag, owner in owners.items()
         )
-    lr_groups, offset = (lrwatch_lr, 0) if lrwatch_lr else (_lr_monitor_tags(scalars), LIGHTNING_STEP_OFFSET)
+    lr_groups, offset = (lrwatch_lr, 0) if lrwatch_lr else (_lr_monitor_tags(scalars, lr_tag), LIGHTNING_STEP_OFFSET)
     optimizers = list(lr_groups)
     return tuple(
         _build_track(name if len(optimizers) > 1 else None, group[0], group, offset, scalars, optimizers)
@@ -301,8 +309,19 @@ def find_runs(logdir: str | os.PathLike) -> dict[str, list[Path]]:
     return dict(sorted(runs.items()))
 
 
-def read_run(name: str, files: Sequence[str | os.PathLike]) -> RunSeries:
-    """Read one run's event files (in the order given, oldest first) into a ``RunSeries``."""
+def check_lr_tag(lr_tag: str | None) -> str | None:
+    """``lr_tag`` itself if it can name a tag (None: the default tags); ValueError otherwise."""
+    if lr_tag is not None and (not isinstance(lr_tag, str) or not lr_tag or lr_tag.endswith("/")):
+        raise ValueError(f"lr_tag must be a non-empty tag name not ending in '/', got {lr_tag!r}")
+    return lr_tag
+
+
+def read_run(name: str, files: Sequence[str | os.PathLike], lr_tag: str | None = None) -> RunSeries:
+    """Read one run's event files (in the order given, oldest first) into a ``RunSeries``.
+
+    lr_tag: for a run without lrwatch tags, the ``LearningRateMonitor`` tag of a scheduler given a ``"name"``
+    (its lr is read from ``lr_tag`` and ``lr_tag/<group>``) instead of the default ``lr-<Optimizer>`` tags."""
+    lr_tag = check_lr_tag(lr_tag)
     decoded, problems, n_records = [], [], 0
     for path in files:
         try:
@@ -316,19 +335,22 @@ def read_run(name: str, files: Sequence[str | os.PathLike]) -> RunSeries:
             problems.append(f"{Path(path).name}: {problem}")
     scalars = _series_by_tag(decoded)
     actions = {t: s for t, s in scalars.items() if t.startswith(tags.ACTION + "/")}
-    return RunSeries(name, _tracks(scalars), actions, scalars, tuple(problems), n_records)
+    return RunSeries(name, _tracks(scalars, lr_tag), actions, scalars, tuple(problems), n_records)
 
 
 def read_runs(
     logdir: str | os.PathLike,
     run: str | None = None,
     progress: Callable[[int, int, RunSeries], None] | None = None,
+    lr_tag: str | None = None,
 ) -> dict[str, RunSeries]:
     """Every run under ``logdir`` (or only ``run``), by name, in name order.
 
     progress: called after each run is read with (runs done, runs in all, the run).
-    Raises ValueError for a missing or empty logdir and for a ``run`` that is not there.
+    lr_tag: as in ``read_run``.
+    Raises ValueError for a missing or empty logdir, a ``run`` that is not there and a bad ``lr_tag``.
     """
+    check_lr_tag(lr_tag)
     runs = find_runs(logdir)
     if run is not None:
         if run not in runs:
@@ -336,7 +358,7 @@ def read_runs(
         runs = {run: runs[run]}
     result: dict[str, RunSeries] = {}
     for done, (name, files) in enumerate(runs.items(), start=1):
-        result[name] = read_run(name, files)
+        result[name] = read_run(name, files, lr_tag)
         if progress is not None:
             progress(done, len(runs), result[name])
     return result

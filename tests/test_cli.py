@@ -114,6 +114,15 @@ def logs(tmp_path_factory, lrwatch_writer):
     return logdir, {name: np.array(recorder.lr) for name, recorder in lr_used.items()}
 
 
+class NamedScheduler(DigitsMLP):
+    """DigitsMLP whose scheduler is given a name: LearningRateMonitor then logs its lr as ``my_lr[/<group>]``."""
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["name"] = "my_lr"
+        return config
+
+
 def _expected_drops(lr_used: np.ndarray) -> tuple[list[int], list[float]]:
     """Steps (1-based update count) whose lr is below the previous update's, and new/old per drop."""
     lower = np.flatnonzero(lr_used[1:] < lr_used[:-1]) + 1
@@ -409,7 +418,28 @@ def test_unknown_run(logs, capsys):
     _assert_one_line_error(err, r"^lrwatch: error: no run 'nope' under .*; runs: monitor, watched$")
 
 
-@pytest.mark.parametrize("argv", [[], ["report"], ["report", ".", "--bogus"], ["frobnicate"]])
+def test_a_named_schedulers_lr_is_read_from_the_tag_given(capsys, tmp_path):
+    lr_used = LrUsed()
+    monitor = pl.callbacks.LearningRateMonitor(logging_interval="step")
+    _train(tmp_path, "named", NamedScheduler("sgd_momentum_groups", lr=0.1, scheduler="step"), [lr_used, monitor])
+    # by default its tags are not recognised: no data, and the tags it has are listed
+    code, out, err = _run_cli(capsys, tmp_path, "--json")
+    assert (code, out) == (EXIT_FAILED, "")
+    _assert_one_line_error(err, r"no lrwatch or learning-rate tags \(its \d+ scalar tags: .*my_lr/body")
+    code, out, err = _run_cli(capsys, tmp_path, "--json", "--lr-tag", "my_lr")
+    assert (code, err) == (EXIT_OK, "")
+    entry = json.loads(out)["named"]
+    drops, factors = _expected_drops(np.array(lr_used.lr))
+    assert entry["analysis"] == "lr-only" and entry["series"]["lr"] == ["my_lr/body", "my_lr/pg2"]
+    assert entry["schedule"]["drops"] == drops and entry["schedule"]["factors"] == pytest.approx(factors, rel=1e-6)
+    # a tag the run does not have
+    code, out, err = _run_cli(capsys, tmp_path, "--lr-tag", "lr")
+    assert (code, out) == (EXIT_FAILED, "")
+    _assert_one_line_error(err, r"no lrwatch tags and no 'lr' tag \(its \d+ scalar tags")
+
+
+@pytest.mark.parametrize("argv", [[], ["report"], ["report", ".", "--bogus"], ["frobnicate"],
+                                  ["report", ".", "--lr-tag", ""], ["report", ".", "--lr-tag", "my_lr/"]])
 def test_bad_arguments_are_one_line(capsys, argv):
     assert main(argv) == EXIT_FAILED
     out, err = capsys.readouterr()
@@ -510,6 +540,9 @@ def test_read_runs_rejects_bad_arguments(tmp_path, logs):
         read_runs(tmp_path)
     with pytest.raises(ValueError, match=r"run 'x' is not under logdir"):
         read_runs(logs[0], run="x")
+    for bad in ("", "lr/", 3):
+        with pytest.raises(ValueError, match=r"lr_tag must be a non-empty tag name"):
+            read_runs(logs[0], lr_tag=bad)
 
 
 # ---- layout and text summary ---------------------------------------------------------------------------------
