@@ -442,7 +442,8 @@ class Analyzer:
         with np.errstate(invalid="ignore", divide="ignore"):
             over_start = np.where(start > 0, loss_level / start, np.nan)
         return {
-            "m": m_windowed, "loss_over_start": over_start, "peak": peak, "gain": gain, "progress": progress, "grad": grad_windowed,
+            "m": m_windowed, "loss_over_start": over_start, "peak": peak, "gain": gain, "progress": progress,
+            "grad": grad_windowed,
             "healthy_gain": healthy_gain, "healthy_grad": healthy_grad, **{f"noise_{k}": v for k, v in noise.items()},
             **{f"trend_{k}": v for k, v in trend.items()},
         }
