@@ -181,6 +181,14 @@ class RunRecord:
     def diverged(self) -> bool:
         return self.blew_up or self.climbed
 
+    def first_doubled(self, window: int = 100) -> int | None:
+        """First step at which the median of the last ``window`` minibatch losses exceeds
+        SLOW_DIVERGENCE_RATIO × the start loss (None: never): where a slow divergence shows."""
+        for t in range(window - 1, len(self.loss)):
+            if np.median(self.loss[t - window + 1 : t + 1]) > SLOW_DIVERGENCE_RATIO * self.start_loss:
+                return t
+        return None
+
     @property
     def onset(self) -> int:
         """Where a diverged run's divergence is scored from: the blow-up step, or the run's length for a

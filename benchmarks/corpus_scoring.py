@@ -192,8 +192,10 @@ def score_split(records: list[RunRecord], predictions: list[RunPrediction]) -> S
         diverging_caught=Ratio(len(caught), len(diverging)),
         diverging_lead_steps=[r.onset - p.diverging_start for r, p in caught if r.blew_up],
         slow_divergences_flagged=[
-            f"{r.spec.name}: loss ends {np.median(r.loss[-END_SAMPLES:]) / r.start_loss:.0f}x its start, "
-            f"flagged from step {p.diverging_start} of {len(r.loss)}" for r, p in diverging if r.climbed],
+            f"{r.spec.name}: loss ends {np.median(r.loss[-END_SAMPLES:]) / r.start_loss:.0f}x its start, its "
+            f"100-step median above 2x from step {r.first_doubled()}; "
+            + (f"flagged from step {p.diverging_start}" if p.diverging_start is not None else "NOT flagged")
+            + f" (of {len(r.loss)})" for r, p in diverging if r.climbed],
         diverging_false_alarms=Ratio(sum(p.diverging_start is not None for _, p in stable), len(stable)),
         misread_kinds=[
             f"{r.spec.name}: with lr {p.kind_with_lr}, displacement only {p.kind_from_displacement}"

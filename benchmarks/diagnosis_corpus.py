@@ -100,7 +100,7 @@ def score_table(scores: dict[str, scoring.SplitScore]) -> list[tuple[str, str, l
             [x.recall[kind].meets(scoring.GOAL_RECALL) for x in s])
     add("diverging runs flagged before onset", "all", [str(x.diverging_caught) for x in s],
         [x.diverging_caught.meets(1.0) for x in s])
-    add("  steps flagged ahead of a blow-up (min/median)", "", [
+    add("  steps ahead of a blow-up (min/median)", "", [
         f"{min(x.diverging_lead_steps)}/{statistics.median(x.diverging_lead_steps):g}"
         if x.diverging_lead_steps else "-" for x in s], [None for _ in s])
     add("'diverging' on non-diverging runs", "none", [str(x.diverging_false_alarms) for x in s],

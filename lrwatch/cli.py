@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--plot", metavar="FILE.png", help="write a figure, one row per run (needs matplotlib)")
     report.add_argument("--run", metavar="NAME", help="only this run (its directory relative to LOGDIR)")
     report.add_argument("--lr-tag", metavar="TAG", help="for runs without lrwatch tags: read the lr from TAG (and "
-                        "TAG/<group>), the LearningRateMonitor tag of a scheduler given a \"name\" in its config, "
-                        "instead of the default lr-<Optimizer> tags")
+                        "TAG/<group>), the LearningRateMonitor tag of a scheduler given a \"name\" in its config; "
+                        "runs without it fall back to the default lr-<Optimizer> tags")
     report.add_argument("--progress", action="store_true", help="a line on stderr per run read (default: on a "
                         f"terminal, with more than {FEW_RUNS} runs or {MANY_EVENT_BYTES // 2**20} MiB of events)")
     return parser
@@ -102,8 +102,8 @@ def _run_problems(run: RunSeries, analyses: list[Analysis], lr_tag: str | None) 
     if not run.tracks and not run.problems:
         shown = sorted(run.scalars)[:LISTED_TAGS] + (["…"] if len(run.scalars) > LISTED_TAGS else [])
         listed = f" (its {len(run.scalars)} scalar tags: {', '.join(shown)})" if run.scalars else ""
-        wanted = f"no lrwatch tags and no {lr_tag!r} tag" if lr_tag else "no lrwatch or learning-rate tags"
-        problems.append(f"{wanted}{listed}")
+        looked = f" ({lr_tag!r} or lr-<Optimizer>)" if lr_tag else ""
+        problems.append(f"no lrwatch or learning-rate tags{looked}{listed}")
     for a in analyses:
         if a.error:
             problems.append(f"analysis{f' of {a.track.optimizer}' if a.track.optimizer else ''} failed: {a.error}")

@@ -64,8 +64,10 @@ one, so noise does not make them flicker):
   too-high lr makes a loss that has fallen near 0 spike many-fold without the run blowing up.
   A slow blow-up has no jump: a cross-entropy loss grows only linearly with the weights, and under a
   too-high lr can climb hundreds-fold over hundreds of steps without ever growing 4x within 20. So
-  ``diverging`` also holds, decided at block ends, while the loss's windowed median is at least
-  ``diverge_start_factor`` times its start level: a loss settled far above where training began.
+  ``diverging`` also holds, decided at block ends, from when the loss's windowed median (over
+  ``window`` samples) is at least ``diverge_start_factor`` times its start level until it is below
+  ``diverge_level_exit`` times it: a loss settled far above where training began (not decided for a
+  start level <= 0).
 """
 
 from __future__ import annotations
@@ -212,9 +214,11 @@ class Thresholds:
         all above this times the start level. On the corpus's tuning split (benchmarks/
         diagnosis_corpus.py, 25 runs that do not diverge, 4 that do) 1 / 2 / 3 / 4 / 6 / 8 gave 2 / 1 /
         0 / 0 / 0 / 0 false alarms (too-high lrs' spikes from a loss near 0), all 4 caught before onset.
-        The loss's windowed median at this times the start level is a slow blow-up: on the whole corpus
-        that median stayed below 1x the start level on every run that does not diverge, and reached 84x
-        on the one that climbs without blowing up.
+        The same factor starts the slow side: a windowed loss median at this times the start level is a
+        slow blow-up. On the whole corpus that median stayed below 1x the start level on every run that
+        does not diverge, and reached 84x on the one that climbs without blowing up.
+    diverge_level_exit: the slow side ends when the windowed loss median falls below this times the
+        start level (hysteresis: at most diverge_start_factor).
     decayed_fraction: the lr counts as decayed when at most this times its running peak (0.5, as in
         the corpus's labelling: a decayed lr is one at most half the initial).
     lr_limited_efficiency: a decayed lr is *limiting* while the loss falls at least this fraction of the
@@ -248,6 +252,7 @@ class Thresholds:
     diverge_hold: int = 50
     diverge_start: int = 5
     diverge_start_factor: float = 4.0
+    diverge_level_exit: float = 2.0
     decayed_fraction: float = 0.5
     lr_budget_fraction: float = 0.3
     lr_limited_efficiency: float = 0.5
@@ -263,7 +268,8 @@ class Thresholds:
             if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-        for name in ("diverge_factor", "diverge_start_factor", "sigmas", "noise_floor_fraction", "noise_floor_exit",
+        for name in ("diverge_factor", "diverge_start_factor", "diverge_level_exit", "sigmas", "noise_floor_fraction",
+                     "noise_floor_exit",
                      "lr_limited_efficiency"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -276,6 +282,9 @@ class Thresholds:
         if self.noise_min_samples > self.noise_window:
             raise ValueError(f"noise_min_samples must be at most noise_window ({self.noise_window}), "
                              f"got {self.noise_min_samples!r}")
+        if self.diverge_level_exit > self.diverge_start_factor:
+            raise ValueError(f"diverge_level_exit must be at most diverge_start_factor ({self.diverge_start_factor}), "
+                             f"got {self.diverge_level_exit!r}")
         if self.noise_floor_exit > self.noise_floor_fraction:
             raise ValueError(f"noise_floor_exit must be at most noise_floor_fraction ({self.noise_floor_fraction}), "
                              f"got {self.noise_floor_exit!r}")
@@ -365,9 +374,9 @@ class Analyzer:
             else:
                 states.pop(LR_LIMITED), evidence.pop(LR_LIMITED)
             jumped, jump_evidence = self._divergence(table, series, step_values, start)
-            climbed, climbed_evidence = states.pop(LOSS_CLIMBED), evidence.pop(LOSS_CLIMBED)
-            states[DIVERGING] = jumped | climbed
-            evidence[DIVERGING] = lambda i: jump_evidence(i) if jumped[i] else climbed_evidence(i)
+            settled_high, settled_evidence = states.pop(LOSS_CLIMBED), evidence.pop(LOSS_CLIMBED)
+            states[DIVERGING] = jumped | settled_high
+            evidence[DIVERGING] = lambda i: jump_evidence(i) if jumped[i] else settled_evidence(i)
             self._track(states, evidence, step_values)
         self.count += n
         self.last_step = int(step_values[-1])
@@ -438,11 +447,10 @@ class Analyzer:
         self.jump_refs.add(blocks)
         # the loss's start level where it was known at each block end (a block's last sample index)
         ends = (self.blocks - len(loss_level) + np.arange(1, len(loss_level) + 1)) * self.t.block - 1
-        start = np.where(ends >= self.jump_refs.start_index, self.jump_refs.start, np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            over_start = np.where(start > 0, loss_level / start, np.nan)
+        start = self.jump_refs.start_at(ends)
         return {
-            "m": m_windowed, "loss_over_start": over_start, "peak": peak, "gain": gain, "progress": progress,
+            "m": m_windowed, "loss_level": loss_level, "loss_start": start,
+            "loss_over_start": _over_start(loss_level, start), "peak": peak, "gain": gain, "progress": progress,
             "grad": grad_windowed,
             "healthy_gain": healthy_gain, "healthy_grad": healthy_grad, **{f"noise_{k}": v for k, v in noise.items()},
             **{f"trend_{k}": v for k, v in trend.items()},
@@ -467,7 +475,7 @@ class Analyzer:
             # a loss that jumps from a level far below where the run started is a too-high lr's spike,
             # not a blow-up: with a loss, a jump counts only while the last diverge_recent losses are
             # all above diverge_start_factor times its start level (unknown, or a start <= 0: no)
-            above_start = np.where(start > 0, least_loss / start, np.nan)
+            above_start = _over_start(least_loss, start)
             climbed = above_start > t.diverge_start_factor if "loss" in series else True
             jump = ((growth[LOSS] > t.diverge_factor) | (growth[JUMP] > t.diverge_factor)) & climbed
         last_jump = np.maximum.accumulate(np.where(jump, index, self.last_jump))
@@ -585,6 +593,10 @@ class _JumpRefs:
             self.opening = np.concatenate([self.opening, loss[finite]])
             if len(finite) == need:
                 self.start, self.start_index = float(np.median(self.opening)), int(index[finite[-1]])
+        return self.start_at(index)
+
+    def start_at(self, index: np.ndarray) -> np.ndarray:
+        """The start level in force at each global sample index (NaN before it is known)."""
         return np.where(index >= self.start_index, self.start, np.nan)
 
     def growth(self, column: int, values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -612,6 +624,13 @@ class _JumpRefs:
             ref = np.where(early, self.start, ref)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             return smallest, np.where(ref > 0, smallest / ref, np.nan)
+
+
+def _over_start(values: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """values / start where the start level is known and > 0, else NaN (a loss that starts at or below 0
+    has no scale to rise against)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return np.where(start > 0, values / start, np.nan)
 
 
 def _validated(displacement, loss, lr, grad_norm, descent, momentum) -> dict[str, np.ndarray]:
@@ -682,8 +701,7 @@ def _conditions(kind: str, f: dict[str, np.ndarray], t: Thresholds) -> tuple[np.
         # an unknown progress (no loss) neither starts nor keeps a stall
         stalled, not_resumed = f["progress"] <= t.stall_gain, f["progress"] < t.resume_gain
         if kind == LOSS_CLIMBED:  # the loss has settled far above where training started
-            climbed = f["loss_over_start"] >= t.diverge_start_factor
-            return climbed, climbed
+            return f["loss_over_start"] >= t.diverge_start_factor, f["loss_over_start"] >= t.diverge_level_exit
         if kind == LR_LIMITED:  # the loss falls significantly, at about the rate the steps promise
             limited = ((f["trend_fall"] >= t.sigmas * f["trend_fall_se"]) & (f["trend_descent"] > 0)
                        & (f["trend_fall"] >= t.lr_limited_efficiency * f["trend_descent"]))
@@ -716,7 +734,8 @@ def _evidence(kind: str, f: dict[str, np.ndarray], block: int, t: Thresholds) ->
             return {name: float(f[f"noise_{name}"][block])
                     for name in ("excess_fraction", "excess_loss", "loss", "descent", "fall", "samples")}
         if kind == LOSS_CLIMBED:
-            return {"loss_level_over_start": float(f["loss_over_start"][block]), "window": float(t.window)}
+            return {"loss_level": float(f["loss_level"][block]), "loss_start": float(f["loss_start"][block]),
+                    "loss_level_over_start": float(f["loss_over_start"][block]), "window": float(t.window)}
         if kind == LR_LIMITED:
             return {"loss_fall": float(f["trend_fall"][block]), "fall_se": float(f["trend_fall_se"][block]),
                     "descent": float(f["trend_descent"][block]), "window": float(t.window)}
@@ -768,10 +787,12 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
             f"Non-finite {named}: training diverged; restart from the last good checkpoint with a lower lr "
             f"(or clip gradients)."
         )
-    if "loss_level_over_start" in e:
+    if "loss_level" in e:  # (the ratio overflows to inf, and leaves the evidence, for a start level near 0)
         return (
-            f"The loss's median over the last {e['window']:.0f} steps is {e['loss_level_over_start']:.1f}x where "
-            f"training started: training is diverging, slowly; lower the lr now (or clip gradients)."
+            f"Over the last {e.get('window', math.nan):.0f} steps the loss (median of block medians, "
+            f"{e['loss_level']:.3g}) has stayed {e.get('loss_level_over_start', math.inf):.3g}x where training "
+            f"started ({e.get('loss_start', math.nan):.3g}): training is diverging, slowly; lower the lr now "
+            f"(or clip gradients)."
         )
     growth, series = max(((v, k) for k, v in e.items() if k.endswith("_growth")), default=(math.nan, "values"))
     label = series.removesuffix("_growth").replace("grad", "gradient")

@@ -166,17 +166,21 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def is_dtensor(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2, tensor parallelism): it has placements on a device mesh."""
+    return getattr(t, "placements", None) is not None and getattr(t, "device_mesh", None) is not None
+
+
 def replicas(t: torch.Tensor) -> int:
     """How many ranks hold each element of ``t``'s local shard: for a DTensor, the product of the sizes
     of the mesh dimensions it is replicated over (1 when it is sharded over all of them, as under plain
     FSDP2); 1 for any other tensor."""
-    placements, mesh = getattr(t, "placements", None), getattr(t, "device_mesh", None)
-    if placements is None or mesh is None:
+    if not is_dtensor(t):
         return 1
     count = 1
-    for dim, placement in enumerate(placements):
+    for dim, placement in enumerate(t.placements):
         if placement.is_replicate():
-            count *= mesh.size(dim)
+            count *= t.device_mesh.size(dim)
     return count
 
 

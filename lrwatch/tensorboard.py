@@ -205,16 +205,16 @@ def _lrwatch_lr_tags(scalars: dict[str, Series]) -> dict[str, list[str]]:
 
 
 def _lr_monitor_tags(scalars: dict[str, Series], lr_tag: str | None) -> dict[str, list[str]]:
-    """``LearningRateMonitor`` lr tags grouped by optimizer (the part before any ``/<group>``); with ``lr_tag``,
-    only ``lr_tag`` and ``lr_tag/<group>``, as one optimizer."""
+    """``LearningRateMonitor`` lr tags grouped by optimizer (the part before any ``/<group>``): ``lr_tag`` and
+    ``lr_tag/<group>`` as one optimizer where the run has them, else the default ``lr-<Optimizer>`` tags."""
+    if lr_tag is not None:
+        named = [t for t in scalars
+                 if t == lr_tag or (t.startswith(lr_tag + "/") and not t.endswith(LR_MONITOR_OTHER_SUFFIXES))]
+        if named:
+            return {lr_tag: named}
     groups: dict[str, list[str]] = {}
     for tag in scalars:
-        if tag.endswith(LR_MONITOR_OTHER_SUFFIXES):
-            continue
-        if lr_tag is not None:
-            if tag == lr_tag or tag.startswith(lr_tag + "/"):
-                groups.setdefault(lr_tag, []).append(tag)
-        elif tag.startswith(LR_MONITOR_PREFIX):
+        if tag.startswith(LR_MONITOR_PREFIX) and not tag.endswith(LR_MONITOR_OTHER_SUFFIXES):
             groups.setdefault(tag[len(LR_MONITOR_PREFIX) :].split("/")[0], []).append(tag)
     return groups
 
@@ -319,8 +319,9 @@ def check_lr_tag(lr_tag: str | None) -> str | None:
 def read_run(name: str, files: Sequence[str | os.PathLike], lr_tag: str | None = None) -> RunSeries:
     """Read one run's event files (in the order given, oldest first) into a ``RunSeries``.
 
-    lr_tag: for a run without lrwatch tags, the ``LearningRateMonitor`` tag of a scheduler given a ``"name"``
-    (its lr is read from ``lr_tag`` and ``lr_tag/<group>``) instead of the default ``lr-<Optimizer>`` tags."""
+    lr_tag: for a run without lrwatch tags, the ``LearningRateMonitor`` tag of a scheduler given a ``"name"``:
+    its lr is read from ``lr_tag`` and ``lr_tag/<group>`` where the run has them, from the default
+    ``lr-<Optimizer>`` tags otherwise."""
     lr_tag = check_lr_tag(lr_tag)
     decoded, problems, n_records = [], [], 0
     for path in files:

@@ -435,7 +435,18 @@ def test_a_named_schedulers_lr_is_read_from_the_tag_given(capsys, tmp_path):
     # a tag the run does not have
     code, out, err = _run_cli(capsys, tmp_path, "--lr-tag", "lr")
     assert (code, out) == (EXIT_FAILED, "")
-    _assert_one_line_error(err, r"no lrwatch tags and no 'lr' tag \(its \d+ scalar tags")
+    _assert_one_line_error(err, r"no lrwatch or learning-rate tags \('lr' or lr-<Optimizer>\) \(its \d+ scalar tags")
+
+
+def test_runs_without_the_named_tag_keep_the_default_lr_tags(logs, capsys, tmp_path):
+    _copy_run(logs, tmp_path, "monitor", "default_tags")
+    code, out, err = _run_cli(capsys, tmp_path, "--json", "--lr-tag", "my_lr")
+    assert (code, err) == (EXIT_OK, "")
+    assert json.loads(out)["default_tags"]["series"]["lr"] == ["lr-SGD/body", "lr-SGD/pg2"]
+    # a name is matched exactly, even one that ends like LearningRateMonitor's other tags
+    code, out, err = _run_cli(capsys, tmp_path, "--json", "--lr-tag", "lr-SGD/body-momentum")
+    assert (code, err) == (EXIT_OK, "")
+    assert json.loads(out)["default_tags"]["series"]["lr"] == ["lr-SGD/body-momentum"]
 
 
 @pytest.mark.parametrize("argv", [[], ["report"], ["report", ".", "--bogus"], ["frobnicate"],

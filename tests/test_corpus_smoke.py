@@ -91,10 +91,15 @@ def test_diverging_run_is_detected_and_not_labelled_after_onset(runs):
 def test_a_run_that_ends_above_twice_its_start_loss_diverged_slowly(runs, end_ratio, climbed):
     record = copy.copy(runs[SGD_RUN])
     assert not record.diverged and record.divergence_step is None
-    record.loss = np.r_[record.loss[:10], np.full(30, end_ratio * record.start_loss)]  # its last 50: 40 steps
+    # only the last 50 losses count: the 70 before them lie on the other side of 2x
+    before = (0.1 if climbed else 10.0) * record.start_loss
+    record.loss = np.r_[np.full(70, before), np.full(corpus_runs.END_SAMPLES, end_ratio * record.start_loss)]
     assert (record.climbed, record.diverged, record.blew_up) == (climbed, climbed, False)
     if climbed:
-        assert record.onset == len(record.loss)
+        assert record.onset == 120
+    # 100 losses at 0.5x, then 3x: the 100-step median passes 2x once 51 of its losses are high (step 150)
+    record.loss = np.r_[np.full(100, 0.5 * record.start_loss), np.full(100, 3 * record.start_loss)]
+    assert record.first_doubled() == 150
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])

@@ -221,7 +221,7 @@ def test_a_strategy_is_recognised_by_its_lightning_class_not_its_name_or_by_dten
     assert not _is_sharded(_stub_trainer("FSDPStrategy", 2, module="someone_elses_library"), PLAIN)
     # a custom strategy whose optimizer holds DTensors (they carry placements): reduced over the world
     dtensor = torch.nn.Parameter(torch.ones(2))
-    dtensor.placements = ()
+    dtensor.placements, dtensor.device_mesh = (), object()  # what a DTensor carries
     custom = _stub_trainer("MyShardingStrategy", 2, module="user_code")
     assert _is_sharded(custom, [torch.optim.SGD([dtensor], lr=0.1)])
     assert not _is_sharded(_stub_trainer("MyShardingStrategy", 1, module="user_code"),

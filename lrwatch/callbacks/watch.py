@@ -18,7 +18,7 @@ from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.diagnosis import Analyzer, Diagnosis, Report
 from lrwatch.interactions import BASELINE_STEPS, WeightDecayFade, adam_bias_factor, momentum_transients
-from lrwatch.measure import StepMeter, StepRecords
+from lrwatch.measure import StepMeter, StepRecords, is_dtensor
 from lrwatch.schedule_control import decoupled_weight_decay
 from lrwatch.tensorboard import custom_scalars_layout, diagnoses_markdown, write_layout
 
@@ -87,7 +87,7 @@ def _is_sharded(trainer, optimizers) -> bool:
     the case it cannot see."""
     if trainer.world_size <= 1:
         return False
-    dtensors = any(hasattr(p, "placements") for opt in optimizers for g in opt.param_groups for p in g["params"])
+    dtensors = any(is_dtensor(p) for opt in optimizers for g in opt.param_groups for p in g["params"])
     return dtensors or _is_lightning_strategy(trainer.strategy, _SHARDING_STRATEGIES)
 
 
