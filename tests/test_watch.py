@@ -3,12 +3,17 @@ computation (relative error <= 1e-5) and the step axis is the optimizer step cou
 
 from __future__ import annotations
 
+import runpy
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import lrwatch
-from lrwatch.callbacks.watch import _fsdp1_hybrid, _is_sharded, optimizer_names
+from lrwatch.callbacks.watch import _fsdp1_hybrid, _is_sharded, _news, optimizer_names
+from lrwatch.diagnosis import Diagnosis, Report
+from lrwatch.signature import Signature
 from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, TwoOptimizerGAN, digits_loader, make_trainer
 
 RTOL = 1e-5
@@ -156,11 +161,53 @@ def test_no_optimizer_warns_and_does_not_crash():
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),
-     ({"thresholds": "high"}, "thresholds"), ({"thresholds": {"windw": 50}}, "windw"), ({"keep_records": 0}, "keep_records")],
+     ({"thresholds": "high"}, "thresholds"), ({"thresholds": {"windw": 50}}, "windw"), ({"keep_records": 0}, "keep_records"),
+     ({"warn_gap": 0}, "warn_gap")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         lrwatch.LRWatch(**kwargs)
+
+
+def _demo_run(name: str, **watch_kwargs) -> tuple[lrwatch.LRWatch, list[str]]:
+    """One of examples/demo.py's runs (600 steps) with LRWatch; its report and the warnings it raised."""
+    demo = runpy.run_path("examples/demo.py")
+    lr, make_scheduler = demo["RUNS"][name]
+    watch = lrwatch.LRWatch(**watch_kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer([watch], False, max_steps=600).fit(demo["DigitsClassifier"](lr, make_scheduler),
+                                                        demo["digits_loader"]())
+    return watch, [str(w.message) for w in caught if str(w.message).startswith("LRWatch[")]
+
+
+def test_a_diagnosis_that_flickers_warns_again_only_after_a_gap_or_an_lr_drop():
+    # the demo's too-high run: lr_too_high switches off and on before its drop at step 451 and after it
+    watch, warned = _demo_run("too_high")
+    episodes = [d.start for d in watch.report.diagnoses if d.kind == "lr_too_high"]
+    after_drop = [s for s in episodes if s > 451]
+    assert len(episodes) >= 4 and episodes[0] < 451 and after_drop
+    assert [w.split(":")[0] for w in warned] == [f"LRWatch[SGD] lr_too_high from step {s}"
+                                                  for s in (episodes[0], after_drop[0])]
+    # a gap of one step: every episode warns
+    watch, warned = _demo_run("too_high", warn_gap=1)
+    assert len(warned) == len(episodes) == len([d for d in watch.report.diagnoses if d.kind == "lr_too_high"])
+    assert _demo_run("too_high", warn=False)[1] == []
+
+
+def test_which_new_episodes_are_news():
+    def report(*episodes, drops=()):
+        diagnoses = [Diagnosis(kind, start, end, "m", {}) for kind, start, end in episodes]
+        return Report(Signature("step", list(drops), [0.1] * len(drops), None, [], "lr"), diagnoses, 5000, 0.0)
+
+    first, again = ("lr_too_high", 100, 200), ("lr_too_high", 300, None)
+    assert _news(Diagnosis(*first, "m", {}), report(first), gap=1000)
+    assert not _news(Diagnosis(*again, "m", {}), report(first, again), gap=1000)
+    assert _news(Diagnosis(*again, "m", {}), report(first, again), gap=100)  # off for 100 steps
+    assert _news(Diagnosis(*again, "m", {}), report(first, again, drops=[250]), gap=1000)  # the lr dropped
+    assert not _news(Diagnosis(*again, "m", {}), report(first, again, drops=[150, 301]), gap=1000)
+    spikes = ("diverging", 100, 110), ("diverging", 120, None)
+    assert _news(Diagnosis(*spikes[1], "m", {}), report(*spikes), gap=1000)  # diverging: always
 
 
 def test_unknown_option_raises():

@@ -16,7 +16,7 @@ from lrwatch import tags
 from lrwatch._checks import require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
-from lrwatch.diagnosis import Analyzer, Diagnosis, Report
+from lrwatch.diagnosis import DIVERGING, Analyzer, Diagnosis, Report
 from lrwatch.interactions import BASELINE_STEPS, WeightDecayFade, adam_bias_factor, momentum_transients
 from lrwatch.measure import StepMeter, StepRecords, is_dtensor
 from lrwatch.schedule_control import decoupled_weight_decay
@@ -104,6 +104,18 @@ def _batch_loss(outputs) -> torch.Tensor | None:
     return loss.detach() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
 
 
+def _news(diagnosis: Diagnosis, report: Report, gap: int) -> bool:
+    """Whether a diagnosis that just started is worth a warning: ``diverging`` always; another kind at its
+    first episode, or when its last episode ended at least ``gap`` steps before, or an lr drop lies between."""
+    if diagnosis.kind == DIVERGING:
+        return True
+    ends = [d.end for d in report.diagnoses if d.kind == diagnosis.kind and d.end is not None and d.end < diagnosis.start]
+    if not ends:
+        return True
+    last = max(ends)
+    return diagnosis.start - last >= gap or any(last < drop <= diagnosis.start for drop in report.schedule.drops)
+
+
 def _active_flags(diagnoses: list[Diagnosis], steps: np.ndarray) -> dict[str, np.ndarray]:
     """1.0 where a diagnosis of each kind is active at each step, else 0.0; shape of steps per kind."""
     flags: dict[str, np.ndarray] = {}
@@ -127,7 +139,12 @@ class LRWatch(Callback):
             never syncing).
         every_n_steps: measure every k-th optimizer step only (the snapshot is skipped for the rest).
         diagnose: run the incremental `Analyzer` and log diagnoses.
-        warn: warn once on rank zero for each new diagnosis.
+        warn: warn on rank zero when a diagnosis starts: at the first episode of each kind, and at a later
+            one only when the kind has been off for at least ``warn_gap`` steps or the lr dropped since its
+            last episode (a diagnosis that switches off and on again says nothing new; every episode is
+            still logged and in ``report``). ``diverging`` warns at every episode.
+        warn_gap: steps (optimizer steps, as on the x-axis) a kind must have been off before a new
+            episode of it warns again.
         log: write to the trainer's loggers (``False``: measure and diagnose only, as `EarlyStepDrop`
             does when it has no LRWatch to share).
         thresholds: keyword thresholds passed to `lrwatch.diagnosis.Analyzer`.
@@ -144,11 +161,13 @@ class LRWatch(Callback):
         every_n_steps: int = 1,
         diagnose: bool = True,
         warn: bool = True,
+        warn_gap: int = 1000,
         log: bool = True,
         thresholds: dict | None = None,
         keep_records: int = 1_000_000,
     ) -> None:
-        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps), ("keep_records", keep_records)):
+        for name, value in (("flush_every", flush_every), ("every_n_steps", every_n_steps), ("keep_records", keep_records),
+                            ("warn_gap", warn_gap)):
             require_int(name, value)
         if thresholds is not None and not isinstance(thresholds, dict):
             raise ValueError(f"thresholds must be a dict of Analyzer keyword arguments, got {thresholds!r}")
@@ -156,6 +175,7 @@ class LRWatch(Callback):
         self.every_n_steps = every_n_steps
         self.diagnose = bool(diagnose)
         self.warn = bool(warn)
+        self.warn_gap = warn_gap
         self.log = bool(log)
         self.thresholds = dict(thresholds or {})
         self.keep_records = keep_records
@@ -335,11 +355,11 @@ class LRWatch(Callback):
             log_metrics(trainer, {**dict(zip(names, values)), **sparse.get(step, {})}, step)
 
     def _announce(self, trainer, w: _Watched, report: Report, last_step: int) -> None:
-        """Warn once per new diagnosis; rewrite the text summary when the diagnoses changed."""
+        """Warn once per new diagnosis worth it (`_news`); rewrite the text summary when the diagnoses changed."""
         for d in report.diagnoses:
             if (w.name, d.kind, d.start) not in self._announced:
                 self._announced.add((w.name, d.kind, d.start))
-                if self.warn:
+                if self.warn and _news(d, report, self.warn_gap):
                     rank_zero_warn(f"LRWatch[{w.name}] {d.kind} from step {d.start}: {d.message}")
         summary = tuple((d.kind, d.start, d.end) for d in report.diagnoses)
         if summary != w.summarized:
