@@ -454,30 +454,46 @@ def _format_steps(diagnosis: Diagnosis) -> str:
     return f"{diagnosis.start}–{end}"
 
 
-def _format_schedule(report: Report) -> str:
-    """One line: schedule kind, where it was read from, and each drop as step (×factor)."""
+def _format_schedule(report: Report, latest: int | None) -> str:
+    """One line: schedule kind, where it was read from, and each drop as step (×factor) — only the
+    ``latest`` last drops, after their count, when there are more."""
     schedule = report.schedule
     line = f"{schedule.kind} (read from {schedule.source})"
     if schedule.rate is not None:
         line += f", ×{schedule.rate:.6g} per step"
-    if schedule.drops:
-        line += "; drops at " + ", ".join(f"step {s} (×{f:.3g})" for s, f in zip(schedule.drops, schedule.factors))
-    else:
-        line += "; no drops"
-    return line
+    drops = list(zip(schedule.drops, schedule.factors))
+    if not drops:
+        return line + "; no drops"
+    shown = drops if latest is None or len(drops) <= latest else drops[-latest:]
+    head = "drops at " if len(shown) == len(drops) else f"{len(drops)} drops, the last {len(shown)} at "
+    return line + "; " + head + ", ".join(f"step {s} (×{f:.3g})" for s, f in shown)
 
 
-def diagnoses_markdown(report: Report) -> str:
+def diagnoses_markdown(report: Report, latest: int | None = None) -> str:
     """Markdown for the ``lrwatch/diagnoses`` text tag: the schedule line, then a table of diagnoses
-    (kind, steps, message) or a line saying there are none."""
+    (kind, steps, message) or a line saying there are none.
+
+    latest: show only the ``latest`` most recent diagnoses (and drops), after a line counting every
+    episode of each kind, so that the text LRWatch rewrites whenever the diagnoses change stays the
+    same size however long the run (None: all; the offline report)."""
     if not isinstance(report, Report):
         raise ValueError(f"report must be an lrwatch Report, got {type(report).__name__}")
-    lines = [f"**Schedule:** {_format_schedule(report)}", ""]
+    if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int) or latest < 1):
+        raise ValueError(f"latest must be a positive int or None, got {latest!r}")
+    lines = [f"**Schedule:** {_format_schedule(report, latest)}", ""]
     if not report.diagnoses:
         lines.append(f"No diagnoses over {report.n_steps} steps.")
         return "\n".join(lines)
+    shown = report.diagnoses
+    if latest is not None and len(shown) > latest:
+        counts: dict[str, int] = {}
+        for d in report.diagnoses:
+            counts[d.kind] = counts.get(d.kind, 0) + 1
+        listed = ", ".join(f"{kind} {count}" for kind, count in counts.items())
+        lines += [f"**Episodes:** {listed}; the {latest} latest:", ""]
+        shown = sorted(report.diagnoses, key=lambda d: d.start)[-latest:]
     lines += ["| diagnosis | steps | message |", "|---|---|---|"]
-    for d in report.diagnoses:
+    for d in shown:
         message = d.message.replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {d.kind} | {_format_steps(d)} | {message} |")
     return "\n".join(lines)

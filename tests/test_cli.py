@@ -642,3 +642,24 @@ def test_diagnoses_markdown_table():
     ]
     quiet = Report(Signature("constant", [], [], None, [(0, 9)], "lr"), [], 10)
     assert diagnoses_markdown(quiet).splitlines()[-1] == "No diagnoses over 10 steps."
+
+
+def test_diagnoses_markdown_keeps_to_the_latest_so_its_size_does_not_grow_with_the_run():
+    def report(episodes: int) -> Report:
+        flicker = [Diagnosis("lr_too_high", 100 * i, 100 * i + 50, "Drop.", {}) for i in range(episodes)]
+        drops = list(range(1000, 1000 * (episodes + 1), 1000))
+        return Report(Signature("step", drops, [0.5] * len(drops), None, [], "lr"),
+                      [Diagnosis("diverging", 120, 130, "Stop.", {}), *flicker], 100 * episodes + 60)
+
+    text = diagnoses_markdown(report(30), latest=4).splitlines()
+    assert text[0] == ("**Schedule:** step (read from lr); 30 drops, the last 4 at step 27000 (×0.5), step 28000 (×0.5), "
+                       "step 29000 (×0.5), step 30000 (×0.5)")
+    assert text[2] == "**Episodes:** diverging 1, lr_too_high 30; the 4 latest:"
+    assert text[-4:] == [f"| lr_too_high | {s}–{s + 50} | Drop. |" for s in (2600, 2700, 2800, 2900)]
+    # 100x the episodes and drops: longer only by the wider step numbers
+    assert len(diagnoses_markdown(report(3000), latest=4)) < len(diagnoses_markdown(report(30), latest=4)) + 50
+    # at most `latest` of each: the full table
+    assert diagnoses_markdown(report(3), latest=4) == diagnoses_markdown(report(3))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="latest must be a positive int"):
+            diagnoses_markdown(report(3), latest=bad)

@@ -104,6 +104,12 @@ def _batch_loss(outputs) -> torch.Tensor | None:
     return loss.detach() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
 
 
+TEXT_LATEST = 20
+"""Diagnoses (and drops) shown in the ``lrwatch/diagnoses`` text, rewritten whenever they change: the most recent
+ones, after a count of all, so that a long run whose diagnoses switch on and off many times does not write a
+table that grows with every rewrite (the event file would grow quadratically)."""
+
+
 def _news(diagnosis: Diagnosis, report: Report, gap: int) -> bool:
     """Whether a diagnosis that just started is worth a warning: ``diverging`` always; another kind at its
     first episode, or when its last episode ended at least ``gap`` steps before, or an lr drop lies between."""
@@ -121,6 +127,8 @@ def _active_flags(diagnoses: list[Diagnosis], steps: np.ndarray) -> dict[str, np
     flags: dict[str, np.ndarray] = {}
     for d in diagnoses:
         active = flags.setdefault(d.kind, np.zeros(len(steps)))
+        if d.end is not None and len(steps) and d.end < steps[0]:
+            continue  # over before this chunk (a long run keeps many)
         active[(steps >= d.start) & (steps <= (np.inf if d.end is None else d.end))] = 1.0
     return dict(sorted(flags.items()))
 
@@ -368,7 +376,8 @@ class LRWatch(Callback):
 
     def _write_text(self, trainer, w: _Watched, report: Report, step: int) -> None:
         for experiment in summary_writers(trainer):
-            experiment.add_text(tags.series_tag(tags.DIAGNOSES_TEXT, w.series_suffix), diagnoses_markdown(report), step)
+            experiment.add_text(tags.series_tag(tags.DIAGNOSES_TEXT, w.series_suffix),
+                                diagnoses_markdown(report, latest=TEXT_LATEST), step)
 
     def _write_layout(self, trainer) -> None:
         if not trainer.is_global_zero:
