@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lrwatch import tags
+from lrwatch._checks import require_int
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.event_files import EventScalars, read_event_file
 
@@ -473,25 +475,25 @@ def diagnoses_markdown(report: Report, latest: int | None = None) -> str:
     """Markdown for the ``lrwatch/diagnoses`` text tag: the schedule line, then a table of diagnoses
     (kind, steps, message) or a line saying there are none.
 
-    latest: show only the ``latest`` most recent diagnoses (and drops), after a line counting every
-    episode of each kind, so that the text LRWatch rewrites whenever the diagnoses change stays the
-    same size however long the run (None: all; the offline report)."""
+    latest: show only ``latest`` diagnoses — every one still active, then the most recent others — and the
+    ``latest`` last drops, after a line counting every episode of each kind, so that the text LRWatch
+    rewrites whenever the diagnoses change stays the same size however long the run (None: all; the
+    offline report)."""
     if not isinstance(report, Report):
         raise ValueError(f"report must be an lrwatch Report, got {type(report).__name__}")
-    if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int) or latest < 1):
-        raise ValueError(f"latest must be a positive int or None, got {latest!r}")
+    if latest is not None:
+        require_int("latest", latest)
     lines = [f"**Schedule:** {_format_schedule(report, latest)}", ""]
     if not report.diagnoses:
         lines.append(f"No diagnoses over {report.n_steps} steps.")
         return "\n".join(lines)
     shown = report.diagnoses
     if latest is not None and len(shown) > latest:
-        counts: dict[str, int] = {}
-        for d in report.diagnoses:
-            counts[d.kind] = counts.get(d.kind, 0) + 1
-        listed = ", ".join(f"{kind} {count}" for kind, count in counts.items())
-        lines += [f"**Episodes:** {listed}; the {latest} latest:", ""]
-        shown = sorted(report.diagnoses, key=lambda d: d.start)[-latest:]
+        listed = ", ".join(f"{kind} {count}" for kind, count in Counter(d.kind for d in shown).items())
+        lines += [f"**Episodes:** {listed}; those still active and the latest, {latest} in all:", ""]
+        active = [d for d in shown if d.end is None]
+        ended = sorted((d for d in shown if d.end is not None), key=lambda d: d.end)
+        shown = sorted(active + ended[len(ended) - max(latest - len(active), 0):], key=lambda d: d.start)
     lines += ["| diagnosis | steps | message |", "|---|---|---|"]
     for d in shown:
         message = d.message.replace("|", "\\|").replace("\n", " ")

@@ -654,12 +654,18 @@ def test_diagnoses_markdown_keeps_to_the_latest_so_its_size_does_not_grow_with_t
     text = diagnoses_markdown(report(30), latest=4).splitlines()
     assert text[0] == ("**Schedule:** step (read from lr); 30 drops, the last 4 at step 27000 (×0.5), step 28000 (×0.5), "
                        "step 29000 (×0.5), step 30000 (×0.5)")
-    assert text[2] == "**Episodes:** diverging 1, lr_too_high 30; the 4 latest:"
+    assert text[2] == "**Episodes:** diverging 1, lr_too_high 30; those still active and the latest, 4 in all:"
     assert text[-4:] == [f"| lr_too_high | {s}–{s + 50} | Drop. |" for s in (2600, 2700, 2800, 2900)]
     # 100x the episodes and drops: longer only by the wider step numbers
     assert len(diagnoses_markdown(report(3000), latest=4)) < len(diagnoses_markdown(report(30), latest=4)) + 50
     # at most `latest` of each: the full table
     assert diagnoses_markdown(report(3), latest=4) == diagnoses_markdown(report(3))
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="latest must be a positive int"):
+        with pytest.raises(ValueError, match="latest must be an int >= 1"):
             diagnoses_markdown(report(3), latest=bad)
+    # a diagnosis that started long ago and still holds is always shown
+    held = report(30)
+    held.diagnoses[0] = Diagnosis("diverging", 120, None, "Stop.", {})
+    rows = diagnoses_markdown(held, latest=4).splitlines()[-4:]
+    assert rows == ["| diverging | 120–(still active) | Stop. |"] + [
+        f"| lr_too_high | {s}–{s + 50} | Drop. |" for s in (2700, 2800, 2900)]

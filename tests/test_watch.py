@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import lrwatch
+from lrwatch._lightning import pl
+from lrwatch.callbacks import watch as watch_module
 from lrwatch.callbacks.watch import _fsdp1_hybrid, _is_sharded, _news, optimizer_names
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.signature import Signature
@@ -169,14 +171,14 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         lrwatch.LRWatch(**kwargs)
 
 
-def _demo_run(name: str, **watch_kwargs) -> tuple[lrwatch.LRWatch, list[str]]:
+def _demo_run(name: str, logger=False, **watch_kwargs) -> tuple[lrwatch.LRWatch, list[str]]:
     """One of examples/demo.py's runs (600 steps) with LRWatch; its report and the warnings it raised."""
     demo = runpy.run_path("examples/demo.py")
     lr, make_scheduler = demo["RUNS"][name]
     watch = lrwatch.LRWatch(**watch_kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make_trainer([watch], False, max_steps=600).fit(demo["DigitsClassifier"](lr, make_scheduler),
+        make_trainer([watch], logger, max_steps=600).fit(demo["DigitsClassifier"](lr, make_scheduler),
                                                         demo["digits_loader"]())
     return watch, [str(w.message) for w in caught if str(w.message).startswith("LRWatch[")]
 
@@ -193,6 +195,20 @@ def test_a_diagnosis_that_flickers_warns_again_only_after_a_gap_or_an_lr_drop():
     watch, warned = _demo_run("too_high", warn_gap=1)
     assert len(warned) == len(episodes) == len([d for d in watch.report.diagnoses if d.kind == "lr_too_high"])
     assert _demo_run("too_high", warn=False)[1] == []
+    assert len(_demo_run("too_high", log=False)[1]) == 2  # warnings are not logs
+
+
+def test_the_live_text_keeps_to_the_latest_diagnoses(tmp_path, monkeypatch):
+    original, written = watch_module.diagnoses_markdown, []
+
+    def recording(report, latest=None):
+        written.append((len(report.diagnoses), latest))
+        return original(report, latest)
+
+    monkeypatch.setattr(watch_module, "diagnoses_markdown", recording)
+    _demo_run("too_high", logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="run", version=""))
+    assert written and {latest for _, latest in written} == {watch_module.TEXT_LATEST}
+    assert max(n for n, _ in written) >= 4  # the table was written as its diagnoses grew
 
 
 def test_which_new_episodes_are_news():
@@ -203,7 +219,8 @@ def test_which_new_episodes_are_news():
     first, again = ("lr_too_high", 100, 200), ("lr_too_high", 300, None)
     assert _news(Diagnosis(*first, "m", {}), report(first), gap=1000)
     assert not _news(Diagnosis(*again, "m", {}), report(first, again), gap=1000)
-    assert _news(Diagnosis(*again, "m", {}), report(first, again), gap=100)  # off for 100 steps
+    assert not _news(Diagnosis(*again, "m", {}), report(first, again), gap=100)  # off for 99 steps: 201-299
+    assert _news(Diagnosis(*again, "m", {}), report(first, again), gap=99)
     assert _news(Diagnosis(*again, "m", {}), report(first, again, drops=[250]), gap=1000)  # the lr dropped
     assert not _news(Diagnosis(*again, "m", {}), report(first, again, drops=[150, 301]), gap=1000)
     spikes = ("diverging", 100, 110), ("diverging", 120, None)

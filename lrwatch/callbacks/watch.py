@@ -112,14 +112,16 @@ table that grows with every rewrite (the event file would grow quadratically).""
 
 def _news(diagnosis: Diagnosis, report: Report, gap: int) -> bool:
     """Whether a diagnosis that just started is worth a warning: ``diverging`` always; another kind at its
-    first episode, or when its last episode ended at least ``gap`` steps before, or an lr drop lies between."""
+    first episode, or when it has been off for at least ``gap`` steps since its last episode, or a drop of the
+    schedule (a step schedule's, as read into ``report.schedule.drops``) came in between. A continuous decay
+    (exponential, cosine) has no drops: there only the gap counts."""
     if diagnosis.kind == DIVERGING:
         return True
     ends = [d.end for d in report.diagnoses if d.kind == diagnosis.kind and d.end is not None and d.end < diagnosis.start]
     if not ends:
         return True
     last = max(ends)
-    return diagnosis.start - last >= gap or any(last < drop <= diagnosis.start for drop in report.schedule.drops)
+    return diagnosis.start - last - 1 >= gap or any(last < drop <= diagnosis.start for drop in report.schedule.drops)
 
 
 def _active_flags(diagnoses: list[Diagnosis], steps: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,10 +149,11 @@ class LRWatch(Callback):
             never syncing).
         every_n_steps: measure every k-th optimizer step only (the snapshot is skipped for the rest).
         diagnose: run the incremental `Analyzer` and log diagnoses.
-        warn: warn on rank zero when a diagnosis starts: at the first episode of each kind, and at a later
-            one only when the kind has been off for at least ``warn_gap`` steps or the lr dropped since its
-            last episode (a diagnosis that switches off and on again says nothing new; every episode is
-            still logged and in ``report``). ``diverging`` warns at every episode.
+        warn: warn on rank zero when a diagnosis starts (with ``diagnose``; also without ``log``): at the
+            first episode of each kind, and at a later one only when the kind has been off for at least
+            ``warn_gap`` steps or a drop of a step schedule (``report.schedule.drops``) came since its last
+            episode (a diagnosis that switches off and on again says nothing new; every episode is still
+            logged and in ``report``). ``diverging`` warns at every episode.
         warn_gap: steps (optimizer steps, as on the x-axis) a kind must have been off before a new
             episode of it warns again.
         log: write to the trainer's loggers (``False``: measure and diagnose only, as `EarlyStepDrop`
@@ -315,9 +318,10 @@ class LRWatch(Callback):
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
                                   grad_norm=chunk.grad_norm, descent=chunk.descent, momentum=chunk.momentum[:, 0])
             new_transients = self._track_interactions(w, chunk)
-            if trainer.is_global_zero and self.log:
+            if trainer.is_global_zero:
                 report = w.analyzer.report() if self.diagnose else None
-                self._log_chunk(trainer, w, chunk, loss is not None, report, new_transients)
+                if self.log:
+                    self._log_chunk(trainer, w, chunk, loss is not None, report, new_transients)
                 if report is not None:
                     self._announce(trainer, w, report, int(chunk.steps[-1]))
 
@@ -363,14 +367,15 @@ class LRWatch(Callback):
             log_metrics(trainer, {**dict(zip(names, values)), **sparse.get(step, {})}, step)
 
     def _announce(self, trainer, w: _Watched, report: Report, last_step: int) -> None:
-        """Warn once per new diagnosis worth it (`_news`); rewrite the text summary when the diagnoses changed."""
+        """Warn once per new diagnosis worth it (`_news`); rewrite the text summary (when logging) when the
+        diagnoses changed."""
         for d in report.diagnoses:
             if (w.name, d.kind, d.start) not in self._announced:
                 self._announced.add((w.name, d.kind, d.start))
                 if self.warn and _news(d, report, self.warn_gap):
                     rank_zero_warn(f"LRWatch[{w.name}] {d.kind} from step {d.start}: {d.message}")
         summary = tuple((d.kind, d.start, d.end) for d in report.diagnoses)
-        if summary != w.summarized:
+        if summary != w.summarized and self.log:
             w.summarized = summary
             self._write_text(trainer, w, report, last_step)
 
