@@ -334,6 +334,7 @@ class Analyzer:
         self.loss_progress = np.nan  # progress at the last block end
         self.healthy = (np.nan, np.nan)  # (gain, windowed gradient part) at the last healthy block
         self.block_state = {LR_TOO_HIGH: False, DECAY_TOO_AGGRESSIVE: False, LR_LIMITED: False, LOSS_CLIMBED: False}
+        self.block_evidence: dict[str, dict[str, float]] = {}  # evidence of each windowed rule at the last block end
         self.nonfinite = False  # a non-finite value has been seen: diverging for good
         self.lr_budget = _LrBudget(t)
         self.last_jump = -(10**18)  # sample index of the last divergence jump
@@ -382,6 +383,13 @@ class Analyzer:
         self.last_step = int(step_values[-1])
         return self
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle (LRWatch keeps analyzers in checkpoints), filling in what an analyzer pickled by an
+        earlier lrwatch lacks, so that a run resumed after an upgrade goes on instead of failing in training."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("block_evidence", {})
+        self.block_state.setdefault(LOSS_CLIMBED, False)
+
     def report(self) -> Report:
         """Signature and diagnoses of everything seen so far (open diagnoses have end None)."""
         diagnoses = sorted(self.closed + list(self.open.values()), key=lambda d: (d.start, RULES.index(d.kind)))
@@ -405,9 +413,13 @@ class Analyzer:
                 enter, stay = _conditions(kind, figures, t)
                 by_block = _hysteresis(enter, stay, self.block_state[kind])
             states[kind] = np.concatenate([[self.block_state[kind]], by_block])[which + 1]
-            evidence[kind] = lambda i, kind=kind: _evidence(kind, figures, int(which[i]), t)
+            # the block in force: a new one, or (which -1) the last one before this chunk, whose figures
+            # are gone; a state combined with per-sample conditions can switch on under it
+            evidence[kind] = lambda i, kind=kind, before=self.block_evidence.get(kind, {}): (
+                _evidence(kind, figures, int(which[i]), t) if which[i] >= 0 else dict(before))
             if len(by_block):
                 self.block_state[kind] = bool(by_block[-1])
+                self.block_evidence[kind] = _evidence(kind, figures, n_blocks - 1, t)
         # an lr drop ends lr_too_high at once (the advice was taken), not at the next block end
         decided_lr = np.concatenate([[self.decided_lr], figures.get("noise_block_lr", [])])[which + 1]
         with np.errstate(invalid="ignore"):

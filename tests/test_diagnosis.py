@@ -349,6 +349,55 @@ def triples(report: Report) -> list[tuple]:
     return [(d.kind, d.start, d.end) for d in report.diagnoses]
 
 
+def lr_falls_mid_block(fall: int, back: int | None = None, noisy: bool = False) -> dict[str, np.ndarray]:
+    """A loss falling at the rate its steps promise (lr-limited; ``noisy``: from step 150 a descent whose noise
+    floor holds much of the loss, lr_too_high), under an lr that halves at step ``fall`` (mid-block for most
+    values) and, if ``back`` is given, returns there: so windowed states carried from the block before a
+    chunk combine with per-sample lr conditions."""
+    n, t = 300, np.arange(300)
+    lr = np.where(t < fall, 1.0, 0.4)
+    if back is not None:
+        lr = np.where(t >= back, 1.0, lr)
+    loss = 2 - 0.005 * t + np.random.default_rng(fall).normal(0, 0.001, n)
+    descent = np.where((t >= 150) & noisy, 2.0, 0.005)
+    return {"displacement": lr, "loss": loss, "lr": lr, "descent": descent, "momentum": 0.9 if noisy else 0.0}
+
+
+def test_a_state_switching_on_mid_block_in_a_chunk_without_a_block_end_keeps_its_evidence():
+    # decay_too_aggressive (the loss falls as fast as the steps promise) starts where the lr halves, at 205;
+    # the chunk 201-206 ends no block: the evidence is the last block's before it (this raised KeyError),
+    # and a chunk that does end a block gives the same evidence (it was taken from that later block)
+    run = lr_falls_mid_block(205)
+    whole = analyze(**run)
+    assert any(d.kind == "decay_too_aggressive" and d.start == 205 for d in whole.diagnoses)
+    for cuts in ([201, 207], [201, 215], [150, 204, 206]):
+        analyzer, bounds = Analyzer(), [0, *cuts, 300]
+        for a, b in zip(bounds, bounds[1:]):
+            analyzer.update(**{k: v[a:b] if isinstance(v, np.ndarray) else v for k, v in run.items()})
+        assert analyzer.report() == whole
+
+
+@settings(max_examples=60, deadline=None)
+@given(fall=st.integers(101, 290), back=st.one_of(st.none(), st.integers(150, 299)),
+       cuts=st.lists(st.integers(1, 299), max_size=20), noisy=st.booleans())
+def test_chunking_never_changes_states_that_switch_on_mid_block(fall, back, cuts, noisy):
+    run = lr_falls_mid_block(fall, back if back is None or back > fall else None, noisy)
+    analyzer, bounds = Analyzer(), [0, *sorted(set(cuts)), 300]
+    for a, b in zip(bounds, bounds[1:]):
+        analyzer.update(**{k: v[a:b] if isinstance(v, np.ndarray) else v for k, v in run.items()})
+    assert analyzer.report() == analyze(**run)
+
+
+def test_an_analyzer_pickled_by_an_earlier_version_resumes():
+    run = lr_falls_mid_block(205)
+    analyzer = Analyzer().update(**{k: v[:120] if isinstance(v, np.ndarray) else v for k, v in run.items()})
+    old = pickle.loads(pickle.dumps(analyzer))
+    del old.__dict__["block_evidence"], old.block_state["loss_climbed"]  # what session-3 analyzers lacked
+    resumed = pickle.loads(pickle.dumps(old))
+    resumed.update(**{k: v[120:] if isinstance(v, np.ndarray) else v for k, v in run.items()})
+    assert resumed.report() == analyze(**run)
+
+
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 10**6), cuts=st.lists(st.integers(1, 399), max_size=30), small=st.booleans())
 def test_any_chunking_gives_the_same_report(seed, cuts, small):
