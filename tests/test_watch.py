@@ -171,11 +171,13 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         lrwatch.LRWatch(**kwargs)
 
 
-def _demo_run(name: str, logger=False, **watch_kwargs) -> tuple[lrwatch.LRWatch, list[str]]:
-    """One of examples/demo.py's runs (600 steps) with LRWatch; its report and the warnings it raised."""
+def _demo_run(name: str, logger=False, watch: lrwatch.LRWatch | None = None,
+              **watch_kwargs) -> tuple[lrwatch.LRWatch, list[str]]:
+    """One of examples/demo.py's runs (600 steps) with LRWatch (``watch``, or a new one made with
+    ``watch_kwargs``); its report and the warnings it raised."""
     demo = runpy.run_path("examples/demo.py")
     lr, make_scheduler = demo["RUNS"][name]
-    watch = lrwatch.LRWatch(**watch_kwargs)
+    watch = watch or lrwatch.LRWatch(**watch_kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer([watch], logger, max_steps=600).fit(demo["DigitsClassifier"](lr, make_scheduler),
@@ -196,6 +198,11 @@ def test_a_diagnosis_that_flickers_warns_again_only_after_a_gap_or_an_lr_drop():
     assert len(warned) == len(episodes) == len([d for d in watch.report.diagnoses if d.kind == "lr_too_high"])
     assert _demo_run("too_high", warn=False)[1] == []
     assert len(_demo_run("too_high", log=False)[1]) == 2  # warnings are not logs
+
+
+def test_a_second_fit_with_the_same_callback_warns_afresh():
+    watch, first = _demo_run("too_high")
+    assert _demo_run("too_high", watch=watch)[1] == first and len(first) == 2
 
 
 def test_the_live_text_keeps_to_the_latest_diagnoses(tmp_path, monkeypatch):

@@ -268,6 +268,8 @@ class LRWatch(Callback):
                 if w.name in self._restored:
                     w.analyzer = pickle.loads(self._restored[w.name])
             self._restored = None
+        else:  # a new fit analyses afresh, so its diagnoses are news again (a resumed one keeps what it warned)
+            self._announced = set()
         if self.log:
             self._write_layout(trainer)
 
