@@ -45,6 +45,14 @@ exception: adding a low-precision (bf16/fp16) gradient into its float32 snapshot
 to a float32 temporary first (on CPU it does; CUDA kernels cast elementwise, not checked here);
 float32/float64 parameters allocate nothing.
 
+The parameters are those of the optimizer's param groups when the meter is built, and again whenever
+the groups change (a group added, e.g. by Lightning's ``BaseFinetuning`` unfreezing a layer, or a
+parameter's ``requires_grad`` switched): checked at each measured step's pre-hook from the groups'
+sizes and the trainable count (a Python pass over the parameters, like the snapshot's), the snapshot
+is then re-allocated once. The per-group columns stay those of the groups the meter was built with;
+a group added later counts in ``displacement``, ``grad_norm`` and ``descent`` but has no column
+(``groups_added`` says how many there are).
+
 Under sharded data parallelism (FSDP) each rank holds a shard: pass ``process_group`` (or ``True``
 for the default group) and the squared norms and the descent (a sum over shards too) are
 all-reduced (sum) in one collective, before the square roots. A DTensor parameter (FSDP2,
@@ -148,6 +156,12 @@ def _add_scaled_in_place(targets: list[torch.Tensor], others: list[torch.Tensor]
             torch._foreach_add_([t for t, _ in pairs], [o for _, o in pairs], alpha=scale)
 
 
+def _layout(optimizer: torch.optim.Optimizer) -> tuple:
+    """What decides which parameters are measured: each param group's size, and how many parameters train."""
+    groups = optimizer.param_groups
+    return tuple(len(g["params"]) for g in groups), sum(p.requires_grad for g in groups for p in g["params"])
+
+
 def _trainable_params(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[int]]:
     """Trainable parameters of the optimizer, each once, in param-group order, and each one's group."""
     seen: set[int] = set()
@@ -220,20 +234,11 @@ class StepMeter:
             dist.group.WORLD if process_group is True else process_group
         )
 
-        self.params, param_groups = _trainable_params(optimizer)
-        locals_ = [_local(p) for p in self.params]
-        device = locals_[0].device if locals_ else torch.device("cpu")
+        trainable, _ = _trainable_params(optimizer)
+        device = _local(trainable[0]).device if trainable else torch.device("cpu")
         # float64 accumulation wherever the backend has it (MPS does not).
         self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-        self._snapshots = [
-            torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
-            for p in locals_
-        ]
-        self._param_group = torch.tensor(param_groups, dtype=torch.long, device=device)
-        counts = [replicas(p) for p in self.params] if self._group is not None else []
-        # each rank's share of a replicated shard's sums (None: every element is held once)
-        self._share = None if all(c == 1 for c in counts) else torch.tensor(
-            [1.0 / c for c in counts], dtype=self._acc_dtype, device=device)
+        self._bind_params(device)
         self._first_group_column = _FIRST_LR_COLUMN + self.n_groups
         n_columns = self._first_group_column + self.n_groups
         self._ring = torch.full((flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
@@ -255,6 +260,27 @@ class StepMeter:
         self._armed = False
         self._handles: list = []
 
+    def _bind_params(self, device: torch.device) -> None:
+        """(Re)build what depends on which parameters are measured: the parameter list, its snapshot, each
+        parameter's group bin (groups added after construction share one extra bin) and replica shares."""
+        self._layout = _layout(self.optimizer)
+        self.params, param_groups = _trainable_params(self.optimizer)
+        self._snapshots = [
+            torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
+            for p in map(_local, self.params)
+        ]
+        bins = [min(g, self.n_groups) for g in param_groups]
+        self._param_group = torch.tensor(bins, dtype=torch.long, device=device)
+        counts = [replicas(p) for p in self.params] if self._group is not None else []
+        # each rank's share of a replicated shard's sums (None: every element is held once)
+        self._share = None if all(c == 1 for c in counts) else torch.tensor(
+            [1.0 / c for c in counts], dtype=self._acc_dtype, device=device)
+
+    @property
+    def groups_added(self) -> int:
+        """Param groups added to the optimizer since the meter was built (measured, without columns)."""
+        return len(self.optimizer.param_groups) - self.n_groups
+
     # -- hooks -----------------------------------------------------------------------------------
     def attach(self) -> "StepMeter":
         """Register the step hooks; idempotent."""
@@ -272,6 +298,8 @@ class StepMeter:
         self._handles = []
 
     def _before_step(self, optimizer, args, kwargs) -> None:
+        if self.steps_taken % self.every_n_steps == 0 and _layout(self.optimizer) != self._layout:
+            self._bind_params(self._ring.device)
         self._armed = bool(self.params) and self.steps_taken % self.every_n_steps == 0
         if not self._armed:
             return
@@ -294,10 +322,10 @@ class StepMeter:
             snapshot_squares = snapshot_squares * self._share
             grad_share = self._entries(self._share, with_grad)
             grad_squares, descents = grad_squares * grad_share, descents * grad_share
-        group_squares = torch.zeros(self.n_groups, dtype=self._acc_dtype, device=self._ring.device)
-        group_squares.index_add_(0, self._param_group, snapshot_squares)
+        group_squares = torch.zeros(self.n_groups + 1, dtype=self._acc_dtype, device=self._ring.device)
+        group_squares.index_add_(0, self._param_group, snapshot_squares)  # the last bin: groups added later
         sums = torch.cat([group_squares.sum().view(1), grad_squares.sum().view(1), descents.sum().view(1),
-                          group_squares])
+                          group_squares[: self.n_groups]])
         if self._group is not None:  # every entry is a sum over shards: one collective for all
             dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self._group)
         row = self._ring[self._fill]
@@ -305,7 +333,7 @@ class StepMeter:
         row[DESCENT].copy_(sums[2])
         row[self._first_group_column :].copy_(sums[3:].sqrt())
         row[LOSS].fill_(float("nan"))
-        for j, group in enumerate(self.optimizer.param_groups):
+        for j, group in enumerate(self.optimizer.param_groups[: self.n_groups]):
             row[_FIRST_LR_COLUMN + j].fill_(group["lr"])  # a float or a 0-d tensor: no host sync either way
             self._ring_weight_decay[self._fill, j] = group.get("weight_decay", 0.0)
             self._ring_momentum[self._fill, j] = momentum_coefficient(group)

@@ -91,6 +91,44 @@ def test_matches_independent_flat_vector_computation(make_optimizer):
     _assert_descent_matches(records.descent, reference)
 
 
+def test_parameters_that_join_mid_run_are_measured_from_their_first_step():
+    # the head trains from the start, its weight frozen until step 2; the body's group is added at step 5
+    # (what Lightning's BaseFinetuning does when it unfreezes a layer)
+    model = _model()
+    body, head = model[0], model[2]
+    head.weight.requires_grad_(False)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    meter = StepMeter(optimizer, flush_every=3).attach()
+    generator = torch.Generator().manual_seed(1)
+    expected, head_only, bias_only = [], [], []
+    for t in range(9):
+        if t == 2:
+            head.weight.requires_grad_(True)
+        if t == 5:
+            optimizer.add_param_group({"params": body.parameters(), "lr": 1.0})
+        trained = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        optimizer.zero_grad()
+        model(torch.randn(32, 6, generator=generator)).square().mean().backward()
+        before = [p.detach().double().clone() for p in trained]
+        grad = torch.cat([p.grad.double().flatten() for p in trained])
+        optimizer.step()
+        deltas = [(p, (p.detach().double() - b).flatten()) for p, b in zip(trained, before)]
+        delta = torch.cat([d for _, d in deltas])
+        expected.append((delta.norm().item(), grad.norm().item(), -delta.dot(grad).item()))
+        head_only.append(torch.cat([d for p, d in deltas if any(p is q for q in head.parameters())]).norm().item())
+        bias_only.append(torch.cat([d for p, d in deltas if p is head.bias]).norm().item())
+    records = meter.finish()
+    expected = np.array(expected)
+    np.testing.assert_allclose(records.displacement, expected[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(records.grad_norm, expected[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(records.descent, expected[:, 2], rtol=1e-4)
+    np.testing.assert_allclose(records.group_displacement[:, 0], head_only, rtol=1e-5)  # the group it was built with
+    assert records.lr.shape == (9, 1) and meter.groups_added == 1
+    # what measuring only the parameters the meter was built with would give is clearly less
+    assert np.all(records.displacement[2:5] > 1.05 * np.array(bias_only[2:5]))
+    assert np.all(records.displacement[5:] > 1.05 * np.array(head_only[5:]))
+
+
 @pytest.mark.parametrize("maximize", [False, True])
 def test_plain_sgd_descent_is_lr_times_squared_grad_norm_and_negative_uphill(maximize):
     """Plain SGD moves by ∓lr·g, so the descent is ±lr‖g‖²; ``maximize`` climbs, and the descent is negative."""

@@ -200,6 +200,38 @@ def test_a_diagnosis_that_flickers_warns_again_only_after_a_gap_or_an_lr_drop():
     assert len(_demo_run("too_high", log=False)[1]) == 2  # warnings are not logs
 
 
+class UnfreezeBody(pl.callbacks.BaseFinetuning):
+    """Lightning's fine-tuning callback: the first layer frozen, then unfrozen into a new param group at epoch 1."""
+
+    def freeze_before_training(self, pl_module):
+        self.freeze(pl_module.net[0])
+
+    def finetune_function(self, pl_module, current_epoch, optimizer):
+        if current_epoch == 1:
+            self.unfreeze_and_add_param_group(modules=pl_module.net[0], optimizer=optimizer)
+
+
+class HeadOnly(DigitsMLP):
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+def test_a_param_group_added_mid_fit_is_measured_and_warned_about_once():
+    logger, reference, watch = RecordingLogger(), ReferenceRecorder(), lrwatch.LRWatch(flush_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer([UnfreezeBody(), reference, watch], logger, max_steps=24).fit(HeadOnly(), digits_loader())
+    assert len([w for w in caught if "param group(s) were added" in str(w.message)]) == 1
+    # the independent reference: flat parameter vectors before each step; the body's group joins the
+    # optimizer's at step 9 (epoch 1 of 8 batches), after the head's parameters
+    before, head_size = reference.before[0], len(reference.before[0][0])
+    vectors = [*before[:8], before[8][:head_size], *before[8:], reference.final[0]]
+    expected = [float((b - a).norm()) for a, b in zip(vectors[:-1], vectors[1:]) if len(a) == len(b)]
+    _, logged = logger.series("lrwatch/displacement")
+    _assert_close(logged, np.array(expected), "displacement with a param group added mid-fit")
+    assert len(before[8]) > head_size and logged[8:].min() > 0
+
+
 def test_a_second_fit_with_the_same_callback_warns_afresh():
     watch, first = _demo_run("too_high")
     assert _demo_run("too_high", watch=watch)[1] == first and len(first) == 2

@@ -195,6 +195,7 @@ class LRWatch(Callback):
         self._loss_sum: torch.Tensor | None = None
         self._loss_batches = 0
         self._announced: set[tuple[str, str, int]] = set()  # (optimizer, kind, start) already warned about
+        self._groups_added_warned: set[str] = set()  # optimizers warned about for param groups added mid-fit
         self._trainer = None
         self._restored: dict | None = None  # analyzer states from a checkpoint, applied at fit start
 
@@ -320,6 +321,11 @@ class LRWatch(Callback):
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
                                   grad_norm=chunk.grad_norm, descent=chunk.descent, momentum=chunk.momentum[:, 0])
             new_transients = self._track_interactions(w, chunk)
+            if w.meter.groups_added and w.name not in self._groups_added_warned:
+                self._groups_added_warned.add(w.name)
+                rank_zero_warn(f"LRWatch: {w.meter.groups_added} param group(s) were added to optimizer {w.name} after "
+                               "fit started (e.g. by BaseFinetuning): their parameters count in the displacement, "
+                               "gradient norm and descent, but their lr is not logged.")
             if trainer.is_global_zero:
                 report = w.analyzer.report() if self.diagnose else None
                 if self.log:
