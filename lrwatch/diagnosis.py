@@ -387,8 +387,15 @@ class Analyzer:
         """Unpickle (LRWatch keeps analyzers in checkpoints), filling in what an analyzer pickled by an
         earlier lrwatch lacks, so that a run resumed after an upgrade goes on instead of failing in training."""
         self.__dict__.update(state)
-        self.__dict__.setdefault("block_evidence", {})
         self.block_state.setdefault(LOSS_CLIMBED, False)
+        if "block_evidence" not in state:
+            # pickled before the evidence of the last block end was kept: a carried state that can switch a
+            # diagnosis on between block ends (the lr-limited side, lr_too_high while an lr fall masks it)
+            # waits for the next block end instead of starting one without its evidence
+            self.block_evidence = {}
+            self.block_state[LR_LIMITED] = False
+            if LR_TOO_HIGH not in self.open:
+                self.block_state[LR_TOO_HIGH] = False
 
     def report(self) -> Report:
         """Signature and diagnoses of everything seen so far (open diagnoses have end None)."""

@@ -48,10 +48,12 @@ float32/float64 parameters allocate nothing.
 The parameters are those of the optimizer's param groups when the meter is built, and again whenever
 the groups change (a group added, e.g. by Lightning's ``BaseFinetuning`` unfreezing a layer, or a
 parameter's ``requires_grad`` switched): checked at each measured step's pre-hook from the groups'
-sizes and the trainable count (a Python pass over the parameters, like the snapshot's), the snapshot
-is then re-allocated once. The per-group columns stay those of the groups the meter was built with;
-a group added later counts in ``displacement``, ``grad_norm`` and ``descent`` but has no column
-(``groups_added`` says how many there are).
+sizes and which parameters train (a Python pass over the parameters, like the snapshot's), the snapshot
+is then re-allocated once, and the small index tensors are built by fill kernels (no host-to-device
+copy). The per-group columns stay those of the groups the meter was built with; a group added later
+counts in ``displacement``, ``grad_norm`` and ``descent`` but has no column (``groups_added`` says how
+many there are). Parameters on another device than the meter's (that of its first trainable
+parameter) are left out and counted in ``params_elsewhere``.
 
 Under sharded data parallelism (FSDP) each rank holds a shard: pass ``process_group`` (or ``True``
 for the default group) and the squared norms and the descent (a sum over shards too) are
@@ -157,9 +159,22 @@ def _add_scaled_in_place(targets: list[torch.Tensor], others: list[torch.Tensor]
 
 
 def _layout(optimizer: torch.optim.Optimizer) -> tuple:
-    """What decides which parameters are measured: each param group's size, and how many parameters train."""
+    """What decides which parameters are measured: each param group's size, and which parameters train."""
     groups = optimizer.param_groups
-    return tuple(len(g["params"]) for g in groups), sum(p.requires_grad for g in groups for p in g["params"])
+    return tuple(len(g["params"]) for g in groups), tuple(id(p) for g in groups for p in g["params"] if p.requires_grad)
+
+
+def _runs(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` as a 1-D tensor on ``device``, built from fill kernels over its runs of equal values instead
+    of a copy from host memory (which on CUDA would wait for the work queued on the stream)."""
+    runs: list[list] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    parts = [torch.full((count,), value, dtype=dtype, device=device) for value, count in runs]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=device)
 
 
 def _trainable_params(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], list[int]]:
@@ -234,24 +249,17 @@ class StepMeter:
             dist.group.WORLD if process_group is True else process_group
         )
 
-        trainable, _ = _trainable_params(optimizer)
-        device = _local(trainable[0]).device if trainable else torch.device("cpu")
-        # float64 accumulation wherever the backend has it (MPS does not).
-        self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-        self._bind_params(device)
         self._first_group_column = _FIRST_LR_COLUMN + self.n_groups
-        n_columns = self._first_group_column + self.n_groups
-        self._ring = torch.full((flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
         self._ring_steps = np.zeros(flush_every, np.int64)
         self._ring_loss_assigned = np.zeros(flush_every, bool)
         self._ring_weight_decay = np.zeros((flush_every, self.n_groups))
         self._ring_momentum = np.zeros((flush_every, self.n_groups))
         self._scale: float | None = None  # polarization scale c, see the module docstring
-        pinned = device.type == "cuda"
-        self._host = torch.empty((flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
-        self._copy_done = torch.cuda.Event() if pinned else None
         self._pending: tuple | None = None  # rows and the host columns of the copy in flight
         self._completed: list[StepRecords] = []
+        trainable, _ = _trainable_params(optimizer)
+        self._allocate(_local(trainable[0]).device if trainable else torch.device("cpu"))
+        self._bind_params()
 
         self._fill = 0  # rows of the ring written since the last rotation
         self.steps_taken = 0  # every step of this optimizer, measured or not
@@ -260,26 +268,45 @@ class StepMeter:
         self._armed = False
         self._handles: list = []
 
-    def _bind_params(self, device: torch.device) -> None:
-        """(Re)build what depends on which parameters are measured: the parameter list, its snapshot, each
-        parameter's group bin (groups added after construction share one extra bin) and replica shares."""
+    def _allocate(self, device: torch.device) -> None:
+        """The device ring and its pinned host copy, on ``device``."""
+        self.device = device
+        # float64 accumulation wherever the backend has it (MPS does not).
+        self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        n_columns = self._first_group_column + self.n_groups
+        self._ring = torch.full((self.flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
+        pinned = device.type == "cuda"
+        self._host = torch.empty((self.flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
+        self._copy_done = torch.cuda.Event() if pinned else None
+
+    def _bind_params(self) -> None:
+        """(Re)build what depends on which parameters are measured: the parameter list (those on the meter's
+        device; ``params_elsewhere`` counts the others), its snapshot, each parameter's group bin (groups added
+        after construction share one extra bin) and replica shares. A meter that has measured nothing yet moves
+        to the device of its first trainable parameter (one built while every parameter was frozen)."""
         self._layout = _layout(self.optimizer)
-        self.params, param_groups = _trainable_params(self.optimizer)
+        trainable, param_groups = _trainable_params(self.optimizer)
+        devices = [_local(p).device for p in trainable]
+        if trainable and self.device not in devices and self.steps_measured == 0 and self._pending is None:
+            self._allocate(devices[0])
+        here = [i for i, d in enumerate(devices) if d == self.device]
+        self.params_elsewhere = len(trainable) - len(here)
+        self.params = [trainable[i] for i in here]
         self._snapshots = [
             torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
             for p in map(_local, self.params)
         ]
-        bins = [min(g, self.n_groups) for g in param_groups]
-        self._param_group = torch.tensor(bins, dtype=torch.long, device=device)
+        # built by fill kernels, not uploaded from the host (a blocking copy on CUDA): this may run in the step path
+        self._param_group = _runs([min(param_groups[i], self.n_groups) for i in here], torch.long, self.device)
         counts = [replicas(p) for p in self.params] if self._group is not None else []
         # each rank's share of a replicated shard's sums (None: every element is held once)
-        self._share = None if all(c == 1 for c in counts) else torch.tensor(
-            [1.0 / c for c in counts], dtype=self._acc_dtype, device=device)
+        self._share = None if all(c == 1 for c in counts) else _runs([1.0 / c for c in counts], self._acc_dtype,
+                                                                       self.device)
 
     @property
     def groups_added(self) -> int:
         """Param groups added to the optimizer since the meter was built (measured, without columns)."""
-        return len(self.optimizer.param_groups) - self.n_groups
+        return max(len(self.optimizer.param_groups) - self.n_groups, 0)
 
     # -- hooks -----------------------------------------------------------------------------------
     def attach(self) -> "StepMeter":
@@ -299,7 +326,7 @@ class StepMeter:
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         if self.steps_taken % self.every_n_steps == 0 and _layout(self.optimizer) != self._layout:
-            self._bind_params(self._ring.device)
+            self._bind_params()
         self._armed = bool(self.params) and self.steps_taken % self.every_n_steps == 0
         if not self._armed:
             return

@@ -50,9 +50,10 @@ class Scheduled(DigitsMLP):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.make_scheduler(opt), "interval": "step"}}
 
 
-def _fit(model, callback, max_steps, logger=None, **kwargs):
+def _fit(model, callback, max_steps, logger=None, callbacks_before=(), **kwargs):
     trace = LrTrace()
-    trainer = make_trainer([trace, callback], logger if logger is not None else RecordingLogger(), max_steps=max_steps, **kwargs)
+    trainer = make_trainer([*callbacks_before, trace, callback], logger if logger is not None else RecordingLogger(),
+                           max_steps=max_steps, **kwargs)
     trainer.fit(model, digits_loader(batch_size=16))
     return trainer, np.array(trace.lrs), trace
 
@@ -223,6 +224,28 @@ def test_couple_weight_decay_keeps_lr_times_wd_constant_with_adamw():
     products = np.array([g["lr"] * g["weight_decay"] for g in trace.groups])
     np.testing.assert_allclose(products, 0.01 * 0.1, rtol=1e-12)
     assert lrs.min() < 0.01 / 4  # scheduled and early drops both happened
+
+
+class AddGroupAt(Callback):
+    """Adds a param group (lr 0.02, weight decay 0.05) to the optimizer before the given step, as
+    Lightning's BaseFinetuning does when it unfreezes a layer."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.optimizers[0].add_param_group(
+                {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.02, "weight_decay": 0.05})
+
+
+def test_couple_weight_decay_covers_a_param_group_added_mid_fit():
+    model = Scheduled(None, lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1))
+    trainer, lrs, _ = _fit(model, ForcedDrop({6: "drop"}, couple_weight_decay=True), 10, callbacks_before=[AddGroupAt(3)])
+    first, added = trainer.optimizers[0].param_groups
+    assert lrs[-1] == pytest.approx(0.001) and added["lr"] == pytest.approx(0.002)  # the drop reached both
+    assert first["lr"] * first["weight_decay"] == pytest.approx(0.01 * 0.1)
+    assert added["lr"] * added["weight_decay"] == pytest.approx(0.02 * 0.05)
 
 
 def test_couple_weight_decay_is_ignored_with_a_warning_without_decoupled_decay():

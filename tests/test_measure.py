@@ -370,6 +370,57 @@ def test_no_trainable_parameters_records_nothing():
     assert meter.params == [] and meter.steps_taken == 1 and len(meter.finish()) == 0
 
 
+def test_a_meter_built_while_all_was_frozen_measures_once_parameters_train():
+    weight = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    meter = StepMeter(optimizer).attach()
+    optimizer.step()
+    weight.requires_grad_(True)
+    weight.grad = torch.full((3,), 2.0)
+    optimizer.step()  # moves by 0.1 * 2 in each of 3 coordinates
+    records = meter.finish()
+    np.testing.assert_allclose(records.displacement, [0.2 * 3**0.5], rtol=1e-6)
+    np.testing.assert_array_equal(records.steps, [2])
+
+
+def test_a_frozen_and_an_unfrozen_parameter_swapping_is_followed():
+    # the same number of trainable parameters before and after: the meter must follow which ones
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    optimizer = torch.optim.SGD([a, b], lr=1.0)
+    meter = StepMeter(optimizer).attach()
+    for trained in (a, b):
+        a.requires_grad_(trained is a)
+        b.requires_grad_(trained is b)
+        a.grad = b.grad = None
+        trained.grad = torch.tensor([3.0, 4.0])
+        optimizer.step()
+    np.testing.assert_allclose(meter.finish().displacement, [5.0, 5.0])
+
+
+def test_parameters_on_another_device_are_left_out_not_crashed_on():
+    # "meta" stands for a second device: a group added there is counted in params_elsewhere, and the step
+    # (which SGD runs on both devices) measures the parameters on the meter's own device exactly
+    here = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([here], lr=1.0)
+    meter = StepMeter(optimizer).attach()
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]})
+    here.grad = torch.tensor([3.0, 4.0])
+    optimizer.step()
+    assert meter.params_elsewhere == 1 and meter.params == [here] and meter.device == torch.device("cpu")
+    np.testing.assert_allclose(meter.finish().displacement, [5.0])
+
+
+def test_a_meter_with_nothing_measured_yet_moves_to_its_parameters_device():
+    frozen = torch.nn.Parameter(torch.zeros(2, device="meta"), requires_grad=False)
+    meter = StepMeter(torch.optim.SGD([frozen], lr=1.0)).attach()
+    assert meter.device == torch.device("cpu")  # nothing trains: no device to follow yet
+    frozen.requires_grad_(True)
+    frozen.grad = torch.zeros(2, device="meta")
+    meter.optimizer.step()  # binds, moves the ring to the parameter's device, measures without a device mismatch
+    assert meter.device == torch.device("meta") and meter.params == [frozen] and meter.params_elsewhere == 0
+    assert meter._ring.device == torch.device("meta") and meter.steps_measured == 1
+
+
 def test_optimizer_without_param_groups_records_nothing():
     """Lightning's mock optimizer (no ``configure_optimizers``) has an empty ``param_groups``."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)

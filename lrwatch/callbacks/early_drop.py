@@ -233,6 +233,8 @@ class EarlyStepDrop(Callback):
             if decision is not None:
                 self._apply(trainer, decision, step)
         if self._wd_base is not None:
+            # a group added since (BaseFinetuning) is coupled from its own lr and weight decay when first seen
+            self._wd_base += [(g["lr"], g["weight_decay"]) for g in self._optimizer.param_groups[len(self._wd_base):]]
             control.couple_weight_decay(self._optimizer, self._wd_base)
         self._log_transients(trainer)
 

@@ -195,7 +195,7 @@ class LRWatch(Callback):
         self._loss_sum: torch.Tensor | None = None
         self._loss_batches = 0
         self._announced: set[tuple[str, str, int]] = set()  # (optimizer, kind, start) already warned about
-        self._groups_added_warned: set[str] = set()  # optimizers warned about for param groups added mid-fit
+        self._meter_warned: set[tuple[str, str]] = set()  # (optimizer, what) warned about this fit: added groups, devices
         self._trainer = None
         self._restored: dict | None = None  # analyzer states from a checkpoint, applied at fit start
 
@@ -258,7 +258,8 @@ class LRWatch(Callback):
                 process_group=True if sharded else None,
             )
             if not meter.params:
-                rank_zero_warn(f"LRWatch: optimizer {name} has no trainable parameters; nothing will be measured.")
+                rank_zero_warn(f"LRWatch: optimizer {name} has no trainable parameters (yet); nothing is measured "
+                               "until some train.")
             self._watched.append(
                 _Watched(name, meter.attach(), _lr_tags(name, opt), name if several else None,
                          Analyzer(**self.thresholds), [], _group_names(opt), _adam_betas(opt),
@@ -271,6 +272,7 @@ class LRWatch(Callback):
             self._restored = None
         else:  # a new fit analyses afresh, so its diagnoses are news again (a resumed one keeps what it warned)
             self._announced = set()
+        self._meter_warned = set()
         if self.log:
             self._write_layout(trainer)
 
@@ -321,17 +323,25 @@ class LRWatch(Callback):
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
                                   grad_norm=chunk.grad_norm, descent=chunk.descent, momentum=chunk.momentum[:, 0])
             new_transients = self._track_interactions(w, chunk)
-            if w.meter.groups_added and w.name not in self._groups_added_warned:
-                self._groups_added_warned.add(w.name)
-                rank_zero_warn(f"LRWatch: {w.meter.groups_added} param group(s) were added to optimizer {w.name} after "
-                               "fit started (e.g. by BaseFinetuning): their parameters count in the displacement, "
-                               "gradient norm and descent, but their lr is not logged.")
+            self._warn_about_meter(w)
             if trainer.is_global_zero:
                 report = w.analyzer.report() if self.diagnose else None
                 if self.log:
                     self._log_chunk(trainer, w, chunk, loss is not None, report, new_transients)
                 if report is not None:
                     self._announce(trainer, w, report, int(chunk.steps[-1]))
+
+    def _warn_about_meter(self, w: _Watched) -> None:
+        """Warn once per fit and optimizer about param groups added mid-fit and parameters left unmeasured."""
+        if w.meter.groups_added and (w.name, "groups") not in self._meter_warned:
+            self._meter_warned.add((w.name, "groups"))
+            rank_zero_warn(f"LRWatch: {w.meter.groups_added} param group(s) were added to optimizer {w.name} after "
+                           "fit started (e.g. by BaseFinetuning): their parameters count in the displacement, "
+                           "gradient norm and descent, but their lr is not logged.")
+        if w.meter.params_elsewhere and (w.name, "devices") not in self._meter_warned:
+            self._meter_warned.add((w.name, "devices"))
+            rank_zero_warn(f"LRWatch: {w.meter.params_elsewhere} trainable parameter(s) of optimizer {w.name} are on "
+                           f"another device than the rest ({w.meter.device}); they are not measured.")
 
     def _track_interactions(self, w: _Watched, chunk: StepRecords) -> list[tuple[int, float]]:
         """Momentum transients at lr drops (across chunk boundaries) and the weight-decay fade rule."""
