@@ -257,16 +257,15 @@ class StepMeter:
         self._scale: float | None = None  # polarization scale c, see the module docstring
         self._pending: tuple | None = None  # rows and the host columns of the copy in flight
         self._completed: list[StepRecords] = []
-        trainable, _ = _trainable_params(optimizer)
-        self._allocate(_local(trainable[0]).device if trainable else torch.device("cpu"))
-        self._bind_params()
-
         self._fill = 0  # rows of the ring written since the last rotation
         self.steps_taken = 0  # every step of this optimizer, measured or not
         self.steps_measured = 0
         self._measured_at = -1  # steps_taken right after the latest measured step
         self._armed = False
         self._handles: list = []
+        trainable, _ = _trainable_params(optimizer)
+        self._allocate(_local(trainable[0]).device if trainable else torch.device("cpu"))
+        self._bind_params()
 
     def _allocate(self, device: torch.device) -> None:
         """The device ring and its pinned host copy, on ``device``."""
