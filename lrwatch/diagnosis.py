@@ -393,9 +393,9 @@ class Analyzer:
             # diagnosis on between block ends (the lr-limited side, lr_too_high while an lr fall masks it)
             # waits for the next block end instead of starting one without its evidence
             self.block_evidence = {}
-            self.block_state[LR_LIMITED] = False
-            if LR_TOO_HIGH not in self.open:
-                self.block_state[LR_TOO_HIGH] = False
+            for carried, shown in ((LR_LIMITED, DECAY_TOO_AGGRESSIVE), (LR_TOO_HIGH, LR_TOO_HIGH)):
+                if shown not in self.open:  # an open diagnosis keeps its state: no split episode
+                    self.block_state[carried] = False
 
     def report(self) -> Report:
         """Signature and diagnoses of everything seen so far (open diagnoses have end None)."""

@@ -286,11 +286,12 @@ class StepMeter:
         self._layout = _layout(self.optimizer)
         trainable, param_groups = _trainable_params(self.optimizer)
         devices = [_local(p).device for p in trainable]
-        if trainable and self.device not in devices and self.steps_measured == 0 and self._pending is None:
+        if trainable and self.device not in devices and self.steps_measured == 0:
             self._allocate(devices[0])
         here = [i for i, d in enumerate(devices) if d == self.device]
         self.params_elsewhere = len(trainable) - len(here)
         self.params = [trainable[i] for i in here]
+        self._snapshots = []  # the old snapshot is freed before the new one is allocated (a re-bind at an unfreeze)
         self._snapshots = [
             torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
             for p in map(_local, self.params)

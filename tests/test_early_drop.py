@@ -239,9 +239,11 @@ class AddGroupAt(Callback):
                 {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.02, "weight_decay": 0.05})
 
 
-def test_couple_weight_decay_covers_a_param_group_added_mid_fit():
+@pytest.mark.parametrize("added_before_step", [3, 5])  # 5: the group's first step is the one that drops
+def test_couple_weight_decay_covers_a_param_group_added_mid_fit(added_before_step):
     model = Scheduled(None, lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1))
-    trainer, lrs, _ = _fit(model, ForcedDrop({6: "drop"}, couple_weight_decay=True), 10, callbacks_before=[AddGroupAt(3)])
+    trainer, lrs, _ = _fit(model, ForcedDrop({6: "drop"}, couple_weight_decay=True), 10,
+                           callbacks_before=[AddGroupAt(added_before_step)])
     first, added = trainer.optimizers[0].param_groups
     assert lrs[-1] == pytest.approx(0.001) and added["lr"] == pytest.approx(0.002)  # the drop reached both
     assert first["lr"] * first["weight_decay"] == pytest.approx(0.01 * 0.1)

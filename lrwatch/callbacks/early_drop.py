@@ -217,6 +217,10 @@ class EarlyStepDrop(Callback):
         if not self._acts or self._optimizer is None:
             return
         step = trainer.global_step
+        if self._wd_base is not None:
+            # a group added since (BaseFinetuning) is coupled from its own lr and weight decay, as first seen (before
+            # any drop this step takes)
+            self._wd_base += [(g["lr"], g["weight_decay"]) for g in self._optimizer.param_groups[len(self._wd_base):]]
         if self._damping is not None and not self._damping.tick(self._optimizer):  # counts the update just done
             self._damping = None
         if self._holding:
@@ -233,8 +237,6 @@ class EarlyStepDrop(Callback):
             if decision is not None:
                 self._apply(trainer, decision, step)
         if self._wd_base is not None:
-            # a group added since (BaseFinetuning) is coupled from its own lr and weight decay when first seen
-            self._wd_base += [(g["lr"], g["weight_decay"]) for g in self._optimizer.param_groups[len(self._wd_base):]]
             control.couple_weight_decay(self._optimizer, self._wd_base)
         self._log_transients(trainer)
 

@@ -311,6 +311,7 @@ class LRWatch(Callback):
     def _publish(self, trainer, final: bool) -> None:
         for w in self._watched:
             chunk = w.meter.finish() if final else w.meter.drain()
+            self._warn_about_meter(w)  # also when nothing is measured any more (all measured parameters frozen)
             if not len(chunk):
                 continue
             w.records.append(chunk)
@@ -323,7 +324,6 @@ class LRWatch(Callback):
                 w.analyzer.update(chunk.displacement, loss=loss, lr=chunk.lr[:, 0], steps=chunk.steps,
                                   grad_norm=chunk.grad_norm, descent=chunk.descent, momentum=chunk.momentum[:, 0])
             new_transients = self._track_interactions(w, chunk)
-            self._warn_about_meter(w)
             if trainer.is_global_zero:
                 report = w.analyzer.report() if self.diagnose else None
                 if self.log:
