@@ -277,10 +277,10 @@ def test_shares_an_attached_lrwatch_instead_of_measuring_twice():
     assert len(watch.records()) == 10
 
 
-def _resume_run(tmp_path, steps, ckpt=None, save_every=None):
+def _resume_run(tmp_path, steps, ckpt=None, save_every=None, trace=None, **drop_kwargs):
     model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5))
-    trace = LrTrace()
-    callbacks = [trace, ForcedDrop({7: "drop", 33: "drop"}, cooldown=0)]
+    trace = trace or LrTrace()
+    callbacks = [trace, ForcedDrop({7: "drop", 33: "drop"}, cooldown=0, **drop_kwargs)]
     checkpointing = save_every is not None
     if checkpointing:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=save_every, save_top_k=-1))
@@ -297,6 +297,19 @@ def test_resume_gives_the_same_lr_trajectory(tmp_path):
     second, resumed = _resume_run(tmp_path / "c", 50, ckpt=str(ckpt))
     np.testing.assert_allclose(np.concatenate([first, second]), straight)
     assert [a.step for a in resumed.actions] == [8, 34]  # the first from the checkpoint, the second after
+
+
+def test_resume_in_the_middle_of_momentum_damping_restores_the_momentum_on_time(tmp_path):
+    def momentum(path, steps, **kwargs):
+        trace = LrTrace()
+        _resume_run(path, steps, trace=trace, momentum="damp", damp_steps=5, **kwargs)
+        return np.array([g["momentum"] for g in trace.groups])
+
+    straight = momentum(tmp_path / "a", 40)
+    first = momentum(tmp_path / "b", 19, save_every=19)  # saved in the damping after the scheduled drop at 17
+    second = momentum(tmp_path / "c", 40, ckpt=str(next((tmp_path / "b").glob("*.ckpt"))))
+    assert set(straight[17:22]) == {0.5} and set(straight[22:27]) == {0.9}
+    np.testing.assert_array_equal(np.concatenate([first, second]), straight)
 
 
 @pytest.mark.parametrize(

@@ -320,6 +320,9 @@ class EarlyStepDrop(Callback):
             "last_drop_step": self._last_drop_step,
             "wd_base": self._wd_base,
             "factor": self.factor,
+            # a damping in progress: the optimizer's own state (saved beside) holds the reduced β, so the
+            # resumed run must still know when to restore it
+            "damping": None if self._damping is None else asdict(self._damping),
             "own_watch": pickle.dumps(self._own_watch.state_dict()) if self._watch is self._own_watch else None,
         }
 
@@ -331,5 +334,7 @@ class EarlyStepDrop(Callback):
         self._last_drop_step = state_dict["last_drop_step"]
         self._wd_base = state_dict["wd_base"]
         self.factor = state_dict["factor"]
+        damping = state_dict.get("damping")
+        self._damping = None if damping is None else control.MomentumDamping(**damping)
         if state_dict.get("own_watch") is not None:
             self._own_watch.load_state_dict(pickle.loads(state_dict["own_watch"]))
