@@ -68,8 +68,10 @@ def as_series(name: str, values, length: int | None = None, nonnegative: bool = 
     (NaN is data, not an error).
     """
     try:
+        if hasattr(values, "detach") and hasattr(values, "cpu"):  # a torch tensor (no torch import here): its values
+            values = values.detach().cpu()
         array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise ValueError(f"{name} must be a 1-D array of numbers, got {_echo(values)}") from error
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got an array of shape {array.shape}: {_echo(values)}")

@@ -546,6 +546,14 @@ def test_bad_input_names_the_argument(kwargs, name):
         analyze(**kwargs)
 
 
+def test_torch_tensors_are_read_by_value_even_on_a_graph():
+    loss = torch.linspace(2, 1, 300, requires_grad=True) * 1.0  # part of a graph, as a logged loss might be
+    displacement = torch.ones(300)
+    assert analyze(displacement, loss=loss) == analyze(np.ones(300), loss=np.linspace(2, 1, 300, dtype=np.float32))
+    with pytest.raises(ValueError, match="displacement must be a 1-D array of numbers"):
+        analyze(torch.ones(3, device="meta"))
+
+
 def test_a_blow_up_before_the_first_window_is_diverging_against_the_loss_start_level():
     # loss 1 for 5 steps, then doubling: the start level (median of the first 5) is 1, known at sample
     # 4; at sample 9 the least of the last 3 losses (8, 16, 32) is 8 > 4 times it, 13 samples before
