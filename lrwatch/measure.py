@@ -263,8 +263,7 @@ class StepMeter:
         self._measured_at = -1  # steps_taken right after the latest measured step
         self._armed = False
         self._handles: list = []
-        trainable, _ = _trainable_params(optimizer)
-        self._allocate(_local(trainable[0]).device if trainable else torch.device("cpu"))
+        self.device: torch.device | None = None  # where the ring lives: chosen by the first binding
         self._bind_params()
 
     def _allocate(self, device: torch.device) -> None:
@@ -281,13 +280,14 @@ class StepMeter:
     def _bind_params(self) -> None:
         """(Re)build what depends on which parameters are measured: the parameter list (those on the meter's
         device; ``params_elsewhere`` counts the others), its snapshot, each parameter's group bin (groups added
-        after construction share one extra bin) and replica shares. A meter that has measured nothing yet moves
-        to the device of its first trainable parameter (one built while every parameter was frozen)."""
+        after construction share one extra bin) and replica shares. The ring goes on the device of the first
+        trainable parameter (the CPU while there is none), and a meter that has measured nothing yet follows it
+        there (one built while every parameter was frozen)."""
         self._layout = _layout(self.optimizer)
         trainable, param_groups = _trainable_params(self.optimizer)
         devices = [_local(p).device for p in trainable]
-        if trainable and self.device not in devices and self.steps_measured == 0:
-            self._allocate(devices[0])
+        if self.device is None or (trainable and self.device not in devices and self.steps_measured == 0):
+            self._allocate(devices[0] if trainable else torch.device("cpu"))
         here = [i for i, d in enumerate(devices) if d == self.device]
         self.params_elsewhere = len(trainable) - len(here)
         self.params = [trainable[i] for i in here]
@@ -325,9 +325,10 @@ class StepMeter:
         self._handles = []
 
     def _before_step(self, optimizer, args, kwargs) -> None:
-        if self.steps_taken % self.every_n_steps == 0 and _layout(self.optimizer) != self._layout:
+        due = self.steps_taken % self.every_n_steps == 0
+        if due and _layout(self.optimizer) != self._layout:
             self._bind_params()
-        self._armed = bool(self.params) and self.steps_taken % self.every_n_steps == 0
+        self._armed = bool(self.params) and due
         if not self._armed:
             return
         if self._fill == self.flush_every:
