@@ -269,8 +269,7 @@ class Thresholds:
                                       or not math.isfinite(value)):
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         for name in ("diverge_factor", "diverge_start_factor", "diverge_level_exit", "sigmas", "noise_floor_fraction",
-                     "noise_floor_exit",
-                     "lr_limited_efficiency"):
+                     "noise_floor_exit", "lr_limited_efficiency"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("collapse_fraction", "healthy_fraction", "grad_keep", "decayed_fraction", "lr_budget_fraction",
@@ -469,7 +468,7 @@ class Analyzer:
         start = self.jump_refs.start_at(ends)
         return {
             "m": m_windowed, "loss_level": loss_level, "loss_start": start,
-            "loss_over_start": _over_start(loss_level, start), "peak": peak, "gain": gain, "progress": progress,
+            "loss_over_start": _ratio_to(loss_level, start), "peak": peak, "gain": gain, "progress": progress,
             "grad": grad_windowed,
             "healthy_gain": healthy_gain, "healthy_grad": healthy_grad, **{f"noise_{k}": v for k, v in noise.items()},
             **{f"trend_{k}": v for k, v in trend.items()},
@@ -494,7 +493,7 @@ class Analyzer:
             # a loss that jumps from a level far below where the run started is a too-high lr's spike,
             # not a blow-up: with a loss, a jump counts only while the last diverge_recent losses are
             # all above diverge_start_factor times its start level (unknown, or a start <= 0: no)
-            above_start = _over_start(least_loss, start)
+            above_start = _ratio_to(least_loss, start)
             climbed = above_start > t.diverge_start_factor if "loss" in series else True
             jump = ((growth[LOSS] > t.diverge_factor) | (growth[JUMP] > t.diverge_factor)) & climbed
         last_jump = np.maximum.accumulate(np.where(jump, index, self.last_jump))
@@ -641,15 +640,14 @@ class _JumpRefs:
             began = index - r + 1
             early = (began > self.start_index) & (began < self.t.diverge_window)
             ref = np.where(early, self.start, ref)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return smallest, np.where(ref > 0, smallest / ref, np.nan)
+        return smallest, _ratio_to(smallest, ref)
 
 
-def _over_start(values: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """values / start where the start level is known and > 0, else NaN (a loss that starts at or below 0
-    has no scale to rise against)."""
+def _ratio_to(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """values / reference where the reference (a loss's start level, a running median) is known and > 0,
+    else NaN: a reference at or below 0 has no scale to rise against."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return np.where(start > 0, values / start, np.nan)
+        return np.where(reference > 0, values / reference, np.nan)
 
 
 def _validated(displacement, loss, lr, grad_norm, descent, momentum) -> dict[str, np.ndarray]:
