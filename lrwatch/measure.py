@@ -11,7 +11,8 @@ Per measured step it records, into a device ring buffer:
   computed from a snapshot taken just before the step (parameters the step did not update
   contribute exactly zero, so this equals the norm over the updated ones);
 - ``grad_norm``: ||g||₂ over the gradients present when the step ran (after unscaling and
-  clipping, i.e. the gradient the update used);
+  clipping, i.e. the gradient the update used); a sparse gradient (``nn.Embedding(sparse=True)``)
+  is coalesced first, which on CUDA costs one sync (see `_coalesced`);
 - ``lr`` of every param group (the lr the update used), and its ``weight_decay`` (host side);
 - ``group_displacement``: m_t restricted to each param group's parameters;
 - ``loss``: whatever the adapter assigns with `assign_loss` right after the step (NaN, and
@@ -156,6 +157,21 @@ def _add_scaled_in_place(targets: list[torch.Tensor], others: list[torch.Tensor]
         pairs = [(t, o) for t, o in zip(targets, others) if (t.dtype == o.dtype) == matching]
         if pairs:
             torch._foreach_add_([t for t, _ in pairs], [o for _, o in pairs], alpha=scale)
+
+
+def _coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """A sparse (COO) gradient, as ``nn.Embedding(sparse=True)`` gives, with its repeated indices summed
+    (its squared norm is then that of its values); a dense one as it is. Coalescing sorts the indices: on
+    CUDA it waits for the device, as SparseAdam's own step does, so a sparse gradient costs one sync."""
+    return grad.coalesce() if grad.is_sparse else grad
+
+
+def _dot(dense: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """⟨dense, other⟩ for a dense tensor and a dense or coalesced sparse one of the same shape, in
+    ``dense``'s dtype (0-d)."""
+    if other.is_sparse:
+        return (dense[tuple(other.indices())] * other.values().to(dense.dtype)).sum()
+    return torch.dot(dense.reshape(-1), other.reshape(-1).to(dense.dtype))
 
 
 def _layout(optimizer: torch.optim.Optimizer) -> tuple:
@@ -343,7 +359,7 @@ class StepMeter:
         torch._foreach_sub_(self._snapshots, [_local(p.detach()) for p in self.params])  # now w_{t-1} - w_t, in place
         snapshot_squares = self._squares(self._snapshots)
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [_local(self.params[i].grad.detach()) for i in with_grad]
+        grads = [_coalesced(_local(self.params[i].grad.detach())) for i in with_grad]
         grad_squares = self._squares(grads)
         descents = self._descents(with_grad, grads, snapshot_squares, grad_squares)  # overwrites the snapshots
         if self._share is not None:  # replicated shards: each rank's share, so that the sum counts them once
@@ -382,8 +398,7 @@ class StepMeter:
             return torch.zeros(0, dtype=self._acc_dtype, device=self._ring.device)
         snapshots = [self._snapshots[i] for i in with_grad]
         if self._scale is None:
-            return torch.stack([torch.dot(s.reshape(-1), g.reshape(-1).to(s.dtype)).to(self._acc_dtype)
-                                for s, g in zip(snapshots, grads)])
+            return torch.stack([_dot(s, g).to(self._acc_dtype) for s, g in zip(snapshots, grads)])
         c = self._scale
         own_squares = self._entries(snapshot_squares, with_grad)
         _add_scaled_in_place(snapshots, grads, c)
@@ -402,6 +417,7 @@ class StepMeter:
         accumulation dtype. Asking ``_foreach_norm`` for float64 directly costs ~15x on CPU."""
         if not tensors:
             return torch.zeros(0, dtype=self._acc_dtype, device=self._ring.device)
+        tensors = [t.values() if t.is_sparse else t for t in tensors]  # coalesced: each element once
         norms = torch._foreach_norm(tensors, 2, dtype=torch.float32) if any(
             t.dtype not in (torch.float32, torch.float64) for t in tensors) else torch._foreach_norm(tensors, 2)
         return torch.stack([n.to(self._acc_dtype) for n in norms]).square()

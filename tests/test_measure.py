@@ -155,6 +155,44 @@ def test_descent_skips_parameters_without_a_gradient():
     _assert_descent_matches(records.descent, reference)
 
 
+@pytest.mark.parametrize("sparse_optimizer", ["sgd_momentum", "sparse_adam"])
+def test_sparse_gradients_are_measured_like_their_dense_equal(sparse_optimizer):
+    """``nn.Embedding(sparse=True)`` gives a sparse COO gradient with repeated rows (a batch looks a row up
+    more than once); it crashed the meter's norm. Checked against the gradient made dense and summed by
+    hand, through both descent paths (exact dot products, then polarization)."""
+    torch.manual_seed(0)
+    embedding, head = torch.nn.Embedding(50, 4, sparse=True), torch.nn.Linear(4, 1)
+    if sparse_optimizer == "sgd_momentum":
+        optimizers = [torch.optim.SGD([*embedding.parameters(), *head.parameters()], lr=0.1, momentum=0.9)]
+    else:
+        optimizers = [torch.optim.SparseAdam(list(embedding.parameters()), lr=0.05),
+                      torch.optim.Adam(head.parameters(), lr=0.05)]
+    meter = StepMeter(optimizers[0], flush_every=3).attach()
+    measured = [p for g in optimizers[0].param_groups for p in g["params"]]
+    generator = torch.Generator().manual_seed(1)
+    reference = []
+    for _ in range(8):
+        rows = torch.randint(0, 10, (32,), generator=generator)  # 32 lookups of 10 rows: repeats
+        assert len(rows.unique()) < len(rows)
+        loss = (head(embedding(rows)).squeeze(-1) - rows.float() / 10).square().mean()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss.backward()
+        assert embedding.weight.grad.is_sparse
+        before = torch.cat([p.detach().double().flatten() for p in measured])
+        grad = torch.cat([(p.grad.to_dense() if p.grad.is_sparse else p.grad).double().flatten() for p in measured])
+        for optimizer in optimizers:
+            optimizer.step()
+        delta = torch.cat([p.detach().double().flatten() for p in measured]) - before
+        reference.append((delta.norm().item(), grad.norm().item(), 0, 0, -delta.dot(grad).item()))
+    reference = np.array(reference)
+    records = meter.finish()
+    assert meter._scale is not None  # steps 4-8 took the polarization path
+    np.testing.assert_allclose(records.displacement, reference[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(records.grad_norm, reference[:, 1], rtol=1e-5)
+    _assert_descent_matches(records.descent, reference)
+
+
 def test_descent_is_exact_before_the_scale_is_known_and_precise_after():
     """Until a chunk reaches the host the descent comes from per-tensor dot products; then by polarization
     with the chunk's median ‖Δw‖/‖g‖ as the scale. RMSprop moves ~270x lr per unit of gradient early on, so
