@@ -4,7 +4,9 @@ An *arm* is how the lr is driven during a run of ``n_steps`` optimizer updates:
 
 * ``"step"``: a fixed ``StepLR(step_size, gamma)``, stepped after every update;
 * ``"plateau"``: torch's ``ReduceLROnPlateau`` on the training loss (see ``PlateauSettings``);
-* ``"early_drop"``: the same ``StepLR`` as ``"step"`` with ``lrwatch.EarlyStepDrop`` attached.
+* ``"early_drop"``: the same ``StepLR`` as ``"step"`` with ``lrwatch.EarlyStepDrop`` attached;
+* ``"milestones"``: ``MultiStepLR(milestones, gamma)``: drops at chosen steps only (the oracle study's
+  "what if the drop had come at step t").
 
 Every arm of a (setup, seed) sees the same initial weights and the same minibatch sequence
 (``corpus_runs.minibatch_indices``), so two arms differ only where their lrs differ: until
@@ -27,7 +29,7 @@ from corpus_runs import minibatch_indices
 from corpus_tasks import Task, build_optimizer
 from lrwatch._lightning import Callback, pl
 
-ARMS = ("step", "plateau", "early_drop")
+ARMS = ("step", "plateau", "early_drop", "milestones")
 
 
 def quiet_lightning() -> None:
@@ -95,11 +97,11 @@ class _TaskModule(pl.LightningModule):
     """The task's model, trained with the task's loss; ``configure`` builds optimizer and scheduler."""
 
     def __init__(self, task: Task, seed: int, optimizer: str, lr: float, arm: str, step_size: int, gamma: float,
-                 plateau: PlateauSettings):
+                 plateau: PlateauSettings, milestones: tuple[int, ...]):
         super().__init__()
         self.task, self.net = task, task.build_model(seed)
         self.optimizer_kind, self.lr, self.arm = optimizer, lr, arm
-        self.step_size, self.gamma, self.plateau = step_size, gamma, plateau
+        self.step_size, self.gamma, self.plateau, self.milestones = step_size, gamma, plateau, milestones
         self._recent: list[torch.Tensor] = []  # minibatch losses of the current plateau window
 
     def training_step(self, batch, batch_idx):
@@ -119,6 +121,10 @@ class _TaskModule(pl.LightningModule):
             )
             config = {"scheduler": scheduler, "interval": "step", "frequency": self.plateau.window,
                       "monitor": "train_loss"}
+        elif self.arm == "milestones":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.milestones),
+                                                             gamma=self.gamma)
+            config = {"scheduler": scheduler, "interval": "step"}
         else:
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
             config = {"scheduler": scheduler, "interval": "step"}
@@ -150,12 +156,16 @@ class FullLossProbe(Callback):
 
 
 def run_arm(task: Task, optimizer: str, lr: float, seed: int, arm: str, n_steps: int, step_size: int, gamma: float,
-            plateau: PlateauSettings, eval_every: int, early_drop_options: dict | None = None) -> ArmResult:
+            plateau: PlateauSettings, eval_every: int, early_drop_options: dict | None = None,
+            milestones: tuple[int, ...] = ()) -> ArmResult:
     """Train one arm for ``n_steps`` updates (``n_steps`` a multiple of ``eval_every``) and return its record.
 
     ``step_size``/``gamma``: the StepLR of the ``"step"`` and ``"early_drop"`` arms (unused by
     ``"plateau"``); ``early_drop_options``: keyword arguments of ``lrwatch.EarlyStepDrop`` (its
-    ``watch`` options go to the attached LRWatch, which EarlyStepDrop then uses instead of its own).
+    ``watch`` options go to the attached LRWatch, which EarlyStepDrop then uses instead of its own);
+    ``milestones``: the ``"milestones"`` arm's drops, each k meaning that updates k + 1, k + 2, …
+    (1-based) use the lr × ``gamma`` once more (the scheduler is stepped after every update, as
+    StepLR's ``step_size`` k drops after update k).
     """
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
@@ -175,7 +185,9 @@ def run_arm(task: Task, optimizer: str, lr: float, seed: int, arm: str, n_steps:
         watch = lrwatch.LRWatch(**{"log": False, "warn": False, **options.get("watch", {})})
         early_drop = lrwatch.EarlyStepDrop(**options)
         callbacks += [watch, early_drop]
-    module = _TaskModule(task, seed, optimizer, lr, arm, step_size, gamma, plateau)
+    if arm == "milestones" and not milestones:
+        raise ValueError("the milestones arm needs at least one milestone, got none")
+    module = _TaskModule(task, seed, optimizer, lr, arm, step_size, gamma, plateau, milestones)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=n_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,

@@ -1,0 +1,144 @@
+"""What could an early drop gain on the closed-loop benchmark, and what would it cost on tuned runs?
+
+    python benchmarks/closed_loop_oracle.py [--setups NAME ...] [--seeds N ...] [--drops T ...] [--json FILE]
+
+An oracle study, not a policy: every case of ``closed_loop.py`` (setup × condition × seed, the same
+lrs, seeds and runs) is trained again with its one scheduled 10× drop moved to step t (the harness's
+``"milestones"`` arm: updates after t use lr/10; no other drop within the run), for every t of
+``--drops`` before the scheduled drop. It prints, per case and per t, the final full-data loss ÷ the
+fixed schedule's, and whether the case would meet the issue's goals:
+
+* too-high condition: reaches the fixed final loss in ≤ ``STEPS_GOAL`` × the steps **and** ends below
+  ReduceLROnPlateau (run here too, as in ``closed_loop.py``);
+* tuned condition: ends within ``TUNED_TOLERANCE`` of the fixed final loss.
+
+The summary gives, for each t, the share of cases meeting the goals if *every* run dropped at t, and
+the share an oracle reaches that knows the condition and picks the best t of each too-high case (and
+never drops a tuned one). A causal policy sees one run and must tell the two conditions apart from
+it: where no single t serves both conditions, the goals hinge on that distinction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from closed_loop import STEPS_GOAL, TUNED_TOLERANCE
+from closed_loop_harness import ArmResult, quiet_lightning, run_arm
+from closed_loop_setups import (EVAL_EVERY, EVAL_SEEDS, GAMMA, LATE_DROP_FRACTION, LEARNING_RATES, N_STEPS, PLATEAU,
+                                SETUPS, TUNED_DROP_FRACTION, step_size)
+from corpus_tasks import load_task
+
+#: Candidate drop steps (each before the too-high condition's scheduled drop at 450; the tuned
+#: condition uses those before its own drop at 300).
+DEFAULT_DROPS = (50, 100, 150, 200, 250, 300, 350, 400)
+DROP_FRACTION = {"too_high": LATE_DROP_FRACTION, "tuned": TUNED_DROP_FRACTION}
+
+
+def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...]) -> dict:
+    """The fixed arm, the plateau arm (too-high only) and one single-drop arm per t before the
+    scheduled drop; figures relative to the fixed arm."""
+    task = load_task(setup.task)
+    scheduled = step_size(DROP_FRACTION[condition])
+
+    def arm(name: str, milestones: tuple[int, ...] = ()) -> ArmResult:
+        return run_arm(task, setup.optimizer, lr, seed, name, N_STEPS, scheduled, GAMMA, PLATEAU, EVAL_EVERY,
+                       milestones=milestones)
+
+    fixed = arm("step")
+    target = fixed.final_loss
+    plateau = arm("plateau").final_loss if condition == "too_high" else None
+    moved = {}
+    for t in (t for t in drops if t < scheduled):
+        result = arm("milestones", (t,))
+        reached = result.steps_to_reach(target)
+        steps_ratio = np.inf if reached is None else reached / N_STEPS
+        if condition == "too_high":
+            meets = bool(steps_ratio <= STEPS_GOAL and result.final_loss < plateau)
+        else:
+            meets = bool(result.final_loss <= (1 + TUNED_TOLERANCE) * target)
+        moved[t] = {"final_ratio": result.final_loss / target, "steps_ratio": steps_ratio, "meets": meets}
+    return {"setup": setup.name, "condition": condition, "seed": seed, "lr": lr, "fixed_final": target,
+            "plateau_ratio": None if plateau is None else plateau / target, "moved": moved}
+
+
+def case_table(cases: list[dict], condition: str, drops: tuple[int, ...]) -> str:
+    """Per case: final ÷ fixed for the drop moved to each t (``*``: the case meets the goals)."""
+    shown = [t for t in drops if t < step_size(DROP_FRACTION[condition])]
+    head = ["setup", "seed", "lr", *(["plateau"] if condition == "too_high" else []), *(f"drop@{t}" for t in shown)]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cases:
+        cells = [c["setup"], str(c["seed"]), f"{c['lr']:g}"]
+        if condition == "too_high":
+            cells.append(f"{c['plateau_ratio']:.3f}")
+        cells += [f"{c['moved'][t]['final_ratio']:.3f}{'*' if c['moved'][t]['meets'] else ''}" for t in shown]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def summary_lines(cases: list[dict], drops: tuple[int, ...]) -> list[str]:
+    """Goal shares for 'every run drops at t', per t, and for the oracle."""
+    lines = []
+    high = [c for c in cases if c["condition"] == "too_high"]
+    tuned = [c for c in cases if c["condition"] == "tuned"]
+    for t in drops:
+        parts = []
+        for name, group, goal in (("too-high", high, f"≤ {STEPS_GOAL}× steps and below plateau"),
+                                  ("tuned", tuned, f"within {TUNED_TOLERANCE:.0%}")):
+            hit = [c["moved"][t]["meets"] for c in group if t in c["moved"]]
+            if hit:
+                parts.append(f"{name} {goal}: {sum(hit)}/{len(hit)}")
+        if parts:
+            lines.append(f"- every run drops at {t}: " + "; ".join(parts))
+    if high:
+        oracle = [any(m["meets"] for m in c["moved"].values()) for c in high]
+        lines.append(f"- oracle (knows the condition; best t per too-high case, no early drop on tuned runs): "
+                     f"too-high {sum(oracle)}/{len(oracle)}; tuned {len(tuned)}/{len(tuned)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setups", nargs="+", choices=[s.name for s in SETUPS], help="only these setups")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(EVAL_SEEDS), help="seeds (default: evaluation)")
+    parser.add_argument("--drops", nargs="+", type=int, default=list(DEFAULT_DROPS), help="steps to move the drop to")
+    parser.add_argument("--json", metavar="FILE", help="save every case's figures")
+    args = parser.parse_args(argv)
+    drops = tuple(sorted(set(args.drops)))
+    if not all(0 < t < N_STEPS for t in drops):
+        parser.error(f"--drops must lie in 1..{N_STEPS - 1}, got {list(drops)}")
+
+    torch.set_num_threads(1)
+    quiet_lightning()
+    start = time.perf_counter()
+    cases = []
+    for setup in (s for s in SETUPS if args.setups is None or s.name in args.setups):
+        tuned_lr, high_lr = LEARNING_RATES[setup.name]
+        for condition, lr in (("too_high", high_lr), ("tuned", tuned_lr)):
+            if lr is None:
+                continue
+            for seed in args.seeds:
+                cases.append(run_case(setup, condition, seed, lr, drops))
+                print(f"  {setup.name:20s} {condition:8s} seed {seed}", flush=True)
+
+    print(f"\n{N_STEPS} updates per run; the one 10× drop moved to step t; cells: final full-data loss ÷ the fixed "
+          f"schedule's (drop at {step_size(LATE_DROP_FRACTION)} too-high / {step_size(TUNED_DROP_FRACTION)} tuned); "
+          f"* = the case meets its goals.")
+    for condition in ("too_high", "tuned"):
+        chosen = [c for c in cases if c["condition"] == condition]
+        if chosen:
+            print(f"\n### {condition}\n\n{case_table(chosen, condition, drops)}")
+    print("\n### goals if the drop came at t\n")
+    print("\n".join(summary_lines(cases, drops)))
+    print(f"\ntotal wall time: {time.perf_counter() - start:.0f} s ({len(cases)} cases)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(cases, f, default=float)
+
+
+if __name__ == "__main__":
+    main()
