@@ -51,6 +51,8 @@ one, so noise does not make them flicker):
   has had fewer than that fraction of its steps' worth of training at the peak lr). On the labelled corpus (benchmarks/diagnosis_corpus.py,
   300-600-step runs) "restoring the lr wins" was found almost only where the schedule had spent
   little of its lr budget; an lr decayed after most of the budget was used seldom gains from more.
+  None of its sides holds while ``diverging`` does: a run blown up by too high an lr needs a lower one,
+  and its loss falling back under the decayed lr would read as an lr that limits progress.
 * ``diverging``: a non-finite displacement, loss or gradient norm (then it stays flagged for good),
   or the last ``diverge_recent`` values of the loss or of the gradient part (m itself when neither
   grad_norm nor lr is given, so an lr warmup can pass for growth) all above ``diverge_factor`` times
@@ -377,6 +379,9 @@ class Analyzer:
             settled_high, settled_evidence = states.pop(LOSS_CLIMBED), evidence.pop(LOSS_CLIMBED)
             states[DIVERGING] = jumped | settled_high
             evidence[DIVERGING] = lambda i: jump_evidence(i) if jumped[i] else settled_evidence(i)
+            # a diverging run needs a lower lr: never advise restoring it meanwhile (its loss falling back from a
+            # blow-up reads as an lr that limits progress)
+            states[DECAY_TOO_AGGRESSIVE] = states[DECAY_TOO_AGGRESSIVE] & ~states[DIVERGING]
             self._track(states, evidence, step_values)
         self.count += n
         self.last_step = int(step_values[-1])

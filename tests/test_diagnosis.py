@@ -175,7 +175,10 @@ def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
     diverge: least-squares regression onto one-hot labels, lr 0.02 for 150 steps, then 3 (beyond the
         stability ceiling: the loss grows geometrically to inf);
     climb: the MLP with ReLU under heavy-ball momentum 0.9 at lr 0.2: the cross-entropy settles, then climbs
-        hundreds-fold over hundreds of steps without ever jumping or turning non-finite.
+        hundreds-fold over hundreds of steps without ever jumping or turning non-finite;
+    blown_up: the least-squares regression under momentum 0.9 at lr 0.5, dropped 10x every 60 steps: it blows
+        up ~10^13-fold within 80 steps, and the drops bring it back down by orders of magnitude, never near
+        its start.
     """
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -186,21 +189,22 @@ def train(schedule: str, steps: int) -> dict[str, np.ndarray]:
         "collapse": lambda t: 0.05 if t < 300 else 0.05 * 0.9 ** (t - 300),
         "diverge": lambda t: 0.02 if t < 150 else 3.0,
         "climb": lambda t: 0.2,
+        "blown_up": lambda t: 0.5 * 0.1 ** (t // 60),
     }[schedule]
-    linear = schedule in ("too_high", "too_high_dropped", "diverge")
+    linear = schedule in ("too_high", "too_high_dropped", "diverge", "blown_up")
     x, y = _digits(0.3 if schedule.startswith("too_high") else 0.0)
     activation = torch.nn.ReLU() if schedule == "climb" else torch.nn.Tanh()  # tanh saturates: no climb
     model = torch.nn.Linear(64, 10) if linear else torch.nn.Sequential(
         torch.nn.Linear(64, 32), activation, torch.nn.Linear(32, 10))
     params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=lr_at(0), momentum=0.9 if schedule == "climb" else 0.0)
+    optimizer = torch.optim.SGD(params, lr=lr_at(0), momentum=0.9 if schedule in ("climb", "blown_up") else 0.0)
     batch = 16 if schedule.startswith("too_high") else 32
     record = {name: np.empty(steps) for name in ("displacement", "loss", "grad_norm", "lr", "descent")}
     for t in range(steps):
         optimizer.param_groups[0]["lr"] = lr_at(t)
         rows = torch.randint(0, len(y), (batch,), generator=generator)
         out = model(x[rows])
-        if schedule == "diverge":
+        if schedule in ("diverge", "blown_up"):
             loss = torch.nn.functional.mse_loss(out, torch.nn.functional.one_hot(y[rows], 10).float())
         else:
             loss = torch.nn.functional.cross_entropy(out, y[rows])
@@ -254,6 +258,17 @@ def test_a_diverging_run_is_flagged_before_its_first_non_finite_value():
         [start] = [d.start for d in report.diagnoses if d.kind == "diverging"]
         assert 150 < start < first_bad
         assert all("diverging" in report.active(s) for s in range(start, 300))
+
+
+def test_a_blown_up_run_whose_loss_falls_back_under_decayed_lrs_is_not_told_to_restore_them():
+    """Falling by orders of magnitude under an lr decayed to 1% looked like a decayed lr that limits progress
+    (decay_too_aggressive: "restore it") while the run was still diverging, 10^10 times above its start."""
+    run = train("blown_up", 400)
+    assert np.median(run["loss"][-50:]) > 1e6 * run["loss"][0] and run["loss"][-100:].max() < run["loss"].max() / 10
+    report = analyze(**run)
+    [d] = [d for d in report.diagnoses if d.kind == "diverging"]
+    assert d.start < 60 and d.end is None
+    assert "decay_too_aggressive" not in {d.kind for d in report.diagnoses}
 
 
 def loss_levels_over_start(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
