@@ -164,7 +164,7 @@ def test_no_optimizer_warns_and_does_not_crash():
     "kwargs, name",
     [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),
      ({"thresholds": "high"}, "thresholds"), ({"thresholds": {"windw": 50}}, "windw"), ({"keep_records": 0}, "keep_records"),
-     ({"warn_gap": 0}, "warn_gap")],
+     ({"warn_gap": 0}, "warn_gap"), ({"group_series": 0}, "group_series"), ({"group_series": 2.0}, "group_series")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -293,6 +293,46 @@ def test_optimizer_interaction_monitors_with_adamw_and_step_drops():
     # lr*wd fell 25x by the second drop with wd unchanged: weight_decay_faded from step 25 on.
     steps, flags = logger.series("lrwatch/diagnosis/weight_decay_faded")
     np.testing.assert_array_equal(flags, (steps >= 25).astype(float))
+
+
+def test_log_false_writes_nothing_to_the_loggers_of_a_real_fit(tmp_path):
+    """Lightning sets every callback's ``log`` attribute to the module's ``log`` method at setup: the option,
+    kept under that name, was overwritten by a (truthy) method, and ``LRWatch(log=False)`` logged everything."""
+    tensorboard = pl.loggers.TensorBoardLogger(tmp_path)
+    logger, watch = RecordingLogger(), lrwatch.LRWatch(flush_every=7, log=False)
+    make_trainer([watch], [logger, tensorboard], max_steps=15).fit(DigitsMLP("sgd", lr=0.5), digits_loader())
+    assert not [tag for tag in logger.metrics if tag.startswith("lrwatch/")]
+    assert len(watch.records()) == 15 and watch.report is not None  # measured and analysed all the same
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    written = {value.tag for path in tmp_path.rglob("events.out.tfevents.*")
+               for event in EventFileLoader(str(path)).Load() for value in event.summary.value}
+    assert not [tag for tag in written if "lrwatch" in tag or "custom_scalars" in tag]  # no scalar, text or layout
+
+
+class PerParameterAdamW(DigitsMLP):
+    """AdamW with one param group per parameter (4 groups), each at its own lr."""
+
+    def configure_optimizers(self):
+        groups = [{"params": [p], "lr": 0.01 * 0.5**i} for i, p in enumerate(self.parameters())]
+        return torch.optim.AdamW(groups, weight_decay=0.05)
+
+
+@pytest.mark.parametrize("group_series, logged", [(2, 2), (None, 4), (8, 4)])
+def test_group_series_bounds_the_per_group_tags_not_the_measurement(group_series, logged):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, logger, reference, watch = _fit(PerParameterAdamW(), max_steps=9,
+                                                 watch_kwargs={"group_series": group_series})
+    per_group = [f"lrwatch/lr/AdamW/pg{i}" for i in range(4)] + [f"lrwatch/adam/step_per_lr/pg{i}" for i in range(4)] + [
+        f"lrwatch/adamw/effective_decay/pg{i}" for i in range(4)]
+    assert {t for t in logger.metrics if t in per_group} == {t for t in per_group if int(t[-1]) < logged}
+    for i in range(logged):
+        _assert_close(logger.series(f"lrwatch/lr/AdamW/pg{i}")[1], [lrs[i] for lrs in reference.lrs[0]], f"lr {i}")
+    # every group is measured whatever is logged
+    _assert_close(logger.series("lrwatch/displacement")[1], reference.displacements(), "displacement")
+    np.testing.assert_allclose(watch.records().lr, np.array(reference.lrs[0]), rtol=RTOL)
+    warned = [w for w in caught if "per-group series" in str(w.message)]
+    assert len(warned) == (logged < 4) and (not warned or "group_series=None" in str(warned[0].message))
 
 
 def _stub_trainer(strategy_name: str, world_size: int, sharding=None, module="pytorch_lightning.strategies",
