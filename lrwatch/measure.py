@@ -398,7 +398,7 @@ class StepMeter:
             return torch.zeros(0, dtype=self._acc_dtype, device=self._ring.device)
         snapshots = [self._snapshots[i] for i in with_grad]
         if self._scale is None:
-            return torch.stack([_dot(s, g).to(self._acc_dtype) for s, g in zip(snapshots, grads)])
+            return torch.stack([_dot(s, g) for s, g in zip(snapshots, grads)]).to(self._acc_dtype)
         c = self._scale
         own_squares = self._entries(snapshot_squares, with_grad)
         _add_scaled_in_place(snapshots, grads, c)
@@ -420,7 +420,7 @@ class StepMeter:
         tensors = [t.values() if t.is_sparse else t for t in tensors]  # coalesced: each element once
         norms = torch._foreach_norm(tensors, 2, dtype=torch.float32) if any(
             t.dtype not in (torch.float32, torch.float64) for t in tensors) else torch._foreach_norm(tensors, 2)
-        return torch.stack([n.to(self._acc_dtype) for n in norms]).square()
+        return torch.stack(norms).to(self._acc_dtype).square()  # stack promotes mixed float32/float64 norms
 
     # -- loss ------------------------------------------------------------------------------------
     def assign_loss(self, loss: torch.Tensor | float) -> None:
