@@ -250,6 +250,22 @@ def test_couple_weight_decay_covers_a_param_group_added_mid_fit(added_before_ste
     assert added["lr"] * added["weight_decay"] == pytest.approx(0.02 * 0.05)
 
 
+def test_a_second_fit_with_the_same_callback_is_a_new_run():
+    """The first fit's actions, drop factor (its StepLR's γ) and weight-decay base carried into a second fit of a
+    new model: there it dropped by 0.5 with no scheduler (the default is 0.1) and coupled the new AdamW's weight
+    decay to the old one's base."""
+    callback = ForcedDrop({4: "drop"}, couple_weight_decay=True)
+    first = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5),
+                      lambda ps: torch.optim.AdamW(ps, lr=1.0, weight_decay=0.1))
+    _, lrs, _ = _fit(first, callback, 8)
+    np.testing.assert_allclose(lrs, [1.0] * 4 + [0.5] * 4)
+    second = Scheduled(None, lambda ps: torch.optim.AdamW(ps, lr=0.2, weight_decay=0.01))
+    _, lrs, trace = _fit(second, callback, 8)
+    np.testing.assert_allclose(lrs, [0.2] * 4 + [0.02] * 4)
+    assert [(a.kind, a.step) for a in callback.actions] == [("drop", 5)]
+    np.testing.assert_allclose([g["lr"] * g["weight_decay"] for g in trace.groups], 0.2 * 0.01, rtol=1e-12)
+
+
 def test_couple_weight_decay_is_ignored_with_a_warning_without_decoupled_decay():
     with pytest.warns(UserWarning, match="couple_weight_decay needs decoupled"):
         _fit(Scheduled(None), lrwatch.EarlyStepDrop(couple_weight_decay=True), 3)

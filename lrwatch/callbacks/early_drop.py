@@ -117,6 +117,16 @@ class EarlyStepDrop(Callback):
         self._watch_options = dict(watch or {})
         self._own_watch = LRWatch(**{"warn": False, "log": False, **self._watch_options})  # validates `watch` now
 
+        self._lrs_before: list[float] = []
+        self._watch: LRWatch | None = None
+        self._optimizer = self._scheduler = None
+        self._acts = False
+        self._resumed = False  # state loaded from a checkpoint, for the next fit to go on from
+        self._start_run()
+
+    def _start_run(self) -> None:
+        """Forget the decisions of an earlier fit: a new fit (not one resumed from a checkpoint) is a new run,
+        with its own optimizer, schedule and step count."""
         self.actions: list[Action] = []
         self._transients_logged = 0
         self._drops_taken = 0
@@ -125,10 +135,7 @@ class EarlyStepDrop(Callback):
         self._last_drop_step: int | None = None
         self._wd_base: list[tuple[float, float]] | None = None
         self._damping: control.MomentumDamping | None = None
-        self._lrs_before: list[float] = []
-        self._watch: LRWatch | None = None
-        self._optimizer = self._scheduler = None
-        self._acts = False
+        self._factor: float | None = None  # the drop factor in use: ``factor``, else the scheduler's γ, else 0.1
         self._last_decision_step: int | None = None
 
     # -- decision (plain logic, no Lightning) ----------------------------------------------------
@@ -174,6 +181,9 @@ class EarlyStepDrop(Callback):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
+        if not self._resumed:
+            self._start_run()
+        self._resumed = False
         attached = [cb for cb in trainer.callbacks if isinstance(cb, LRWatch)]
         self._watch = attached[0] if attached else self._own_watch
         if attached and self._watch_options:
@@ -198,8 +208,8 @@ class EarlyStepDrop(Callback):
                 "cannot be acted on exactly (supported: StepLR, MultiStepLR, ExponentialLR, or none); it will only "
                 "watch, not change the lr."
             )
-        if self.factor is None:
-            self.factor = control.scheduled_gamma(self._scheduler)
+        if self._factor is None:
+            self._factor = self.factor if self.factor is not None else control.scheduled_gamma(self._scheduler)
         if self.couple_weight_decay and self._wd_base is None:
             if control.decoupled_weight_decay(self._optimizer):
                 self._wd_base = [(g["lr"], g["weight_decay"]) for g in self._optimizer.param_groups]
@@ -257,7 +267,7 @@ class EarlyStepDrop(Callback):
             if not control.can_drop(self._scheduler):  # e.g. a multistep schedule with no milestone left
                 return
             before = [g["lr"] for g in self._optimizer.param_groups]
-            factor = control.drop_now(self._optimizer, self._scheduler, self.factor, self.min_lr)
+            factor = control.drop_now(self._optimizer, self._scheduler, self._factor, self.min_lr)
             self._drops_taken += 1
             self._on_lr_change(before, step)
             reason = f"lr_too_high: next drop taken early (x{factor:.3g})"
@@ -319,7 +329,7 @@ class EarlyStepDrop(Callback):
             "holding": self._holding,
             "last_drop_step": self._last_drop_step,
             "wd_base": self._wd_base,
-            "factor": self.factor,
+            "factor": self._factor,
             # a damping in progress: the optimizer's own state (saved beside) holds the reduced β, so the
             # resumed run must still know when to restore it
             "damping": None if self._damping is None else asdict(self._damping),
@@ -333,8 +343,9 @@ class EarlyStepDrop(Callback):
         self._holding = state_dict["holding"]
         self._last_drop_step = state_dict["last_drop_step"]
         self._wd_base = state_dict["wd_base"]
-        self.factor = state_dict["factor"]
+        self._factor = state_dict["factor"]
         damping = state_dict.get("damping")
         self._damping = None if damping is None else control.MomentumDamping(**damping)
         if state_dict.get("own_watch") is not None:
             self._own_watch.load_state_dict(pickle.loads(state_dict["own_watch"]))
+        self._resumed = True
