@@ -115,13 +115,19 @@ class StabilityProbe(Callback):
         self.iters = int(iters)
         self.tol = float(tol)
         self.loss_fn = loss_fn
+        self._resumed = False  # state loaded from a checkpoint, for the next fit to go on from
+        self._start_run()
+        self._state_key = self._generate_state_key(every_n_steps=self.every_n_steps, iters=self.iters, tol=self.tol)
+
+    def _start_run(self) -> None:
+        """Forget an earlier fit's probes: a new fit (not one resumed from a checkpoint) is a new run, whose
+        episodes, step count and warnings are its own."""
         self.diagnoses: list[Diagnosis] = []
         self.last: dict[str, float] = {}
         self._last_probe_step = 0
         self._held_at: int | None = None  # last probe step at which the active episode held
         self._warned: set[str] = set()
         self._vector: list[Tensor] | None = None  # warm start: the previous probe's eigenvector
-        self._state_key = self._generate_state_key(every_n_steps=self.every_n_steps, iters=self.iters, tol=self.tol)
 
     @property
     def state_key(self) -> str:
@@ -141,6 +147,12 @@ class StabilityProbe(Callback):
         self._last_probe_step = state_dict["last_probe_step"]
         self._held_at = state_dict["held_at"]
         self._warned = set(state_dict["warned"])
+        self._resumed = True
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._resumed:
+            self._start_run()
+        self._resumed = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.loss_fn is None and not pl_module.automatic_optimization:
