@@ -61,7 +61,9 @@ def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...]
             meets = bool(steps_ratio <= STEPS_GOAL and result.final_loss < plateau)
         else:
             meets = bool(result.final_loss <= (1 + TUNED_TOLERANCE) * target)
-        moved[t] = {"final_ratio": result.final_loss / target, "steps_ratio": steps_ratio, "meets": meets}
+        moved[t] = {"final_ratio": result.final_loss / target,
+                    "steps_ratio": steps_ratio if np.isfinite(steps_ratio) else None,  # None: never reached
+                    "meets": meets}
     return {"setup": setup.name, "condition": condition, "seed": seed, "lr": lr, "fixed_final": target,
             "plateau_ratio": None if plateau is None else plateau / target, "moved": moved}
 

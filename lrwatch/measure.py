@@ -12,7 +12,7 @@ Per measured step it records, into a device ring buffer:
   contribute exactly zero, so this equals the norm over the updated ones);
 - ``grad_norm``: ||g||₂ over the gradients present when the step ran (after unscaling and
   clipping, i.e. the gradient the update used); a sparse gradient (``nn.Embedding(sparse=True)``)
-  is coalesced first, which on CUDA costs one sync (see `_coalesced`);
+  is coalesced first, which on CUDA costs one sync per sparse gradient (see `_coalesced`);
 - ``lr`` of every param group (the lr the update used), and its ``weight_decay`` (host side);
 - ``group_displacement``: m_t restricted to each param group's parameters;
 - ``loss``: whatever the adapter assigns with `assign_loss` right after the step (NaN, and
@@ -41,10 +41,11 @@ fills again is waited for then (it was issued a whole ring earlier, so it has lo
 `finish` collects everything (it does synchronise, and is meant for the end of training).
 
 Memory: one snapshot of the trainable parameters (float32 for low-precision parameters, so that the
-difference is exact), plus ``flush_every × (4 + 2·n_groups)`` floats on the device. The one transient
-exception: adding a low-precision (bf16/fp16) gradient into its float32 snapshot may cast that gradient
-to a float32 temporary first (on CPU it does; CUDA kernels cast elementwise, not checked here);
-float32/float64 parameters allocate nothing.
+difference is exact), plus ``flush_every × (4 + 2·n_groups)`` floats on the device. Transients: adding a
+low-precision (bf16/fp16) gradient into its float32 snapshot may cast that gradient to a float32 temporary
+first (on CPU it does; CUDA kernels cast elementwise, not checked here), and a sparse gradient is coalesced
+(a copy of its indices and values) and, before the polarization scale is known, its dot product gathers the
+snapshot's matching entries (its values' size); dense float32/float64 parameters allocate nothing.
 
 The parameters are those of the optimizer's param groups when the meter is built, and again whenever
 the groups change (a group added, e.g. by Lightning's ``BaseFinetuning`` unfreezing a layer, or a
@@ -151,10 +152,11 @@ def momentum_coefficient(group: dict) -> float:
 
 def _add_scaled_in_place(targets: list[torch.Tensor], others: list[torch.Tensor], scale: float) -> None:
     """``targets[i] += scale · others[i]`` in place. ``_foreach_add_`` accepts mixed dtypes (a bf16
-    gradient into its float32 snapshot), but torch's fused kernels need one dtype per pair of lists and fall back
-    to a per-tensor loop otherwise, so matching and mismatched pairs go in separate calls."""
-    for matching in (True, False):
-        pairs = [(t, o) for t, o in zip(targets, others) if (t.dtype == o.dtype) == matching]
+    gradient into its float32 snapshot) and sparse others, but torch's fused kernels need one dtype per pair of
+    lists and dense tensors, and fall back to a per-tensor loop otherwise: dense pairs of one dtype go in one
+    call, the rest in another."""
+    for fused in (True, False):
+        pairs = [(t, o) for t, o in zip(targets, others) if (t.dtype == o.dtype and not o.is_sparse) == fused]
         if pairs:
             torch._foreach_add_([t for t, _ in pairs], [o for _, o in pairs], alpha=scale)
 
@@ -162,7 +164,7 @@ def _add_scaled_in_place(targets: list[torch.Tensor], others: list[torch.Tensor]
 def _coalesced(grad: torch.Tensor) -> torch.Tensor:
     """A sparse (COO) gradient, as ``nn.Embedding(sparse=True)`` gives, with its repeated indices summed
     (its squared norm is then that of its values); a dense one as it is. Coalescing sorts the indices: on
-    CUDA it waits for the device, as SparseAdam's own step does, so a sparse gradient costs one sync."""
+    CUDA it waits for the device, as SparseAdam's own step does, so each sparse gradient costs one sync."""
     return grad.coalesce() if grad.is_sparse else grad
 
 
@@ -418,8 +420,15 @@ class StepMeter:
         if not tensors:
             return torch.zeros(0, dtype=self._acc_dtype, device=self._ring.device)
         tensors = [t.values() if t.is_sparse else t for t in tensors]  # coalesced: each element once
-        norms = torch._foreach_norm(tensors, 2, dtype=torch.float32) if any(
-            t.dtype not in (torch.float32, torch.float64) for t in tensors) else torch._foreach_norm(tensors, 2)
+        low = [t.dtype not in (torch.float32, torch.float64) for t in tensors]
+        if not any(low):
+            norms = torch._foreach_norm(tensors, 2)
+        else:  # low-precision norms in float32; _foreach_norm refuses to narrow float64 ones, so apart
+            low_norms = iter(torch._foreach_norm([t for t, is_low in zip(tensors, low) if is_low], 2,
+                                                 dtype=torch.float32))
+            wide = [t for t, is_low in zip(tensors, low) if not is_low]
+            wide_norms = iter(torch._foreach_norm(wide, 2) if wide else [])
+            norms = [next(low_norms) if is_low else next(wide_norms) for is_low in low]
         return torch.stack(norms).to(self._acc_dtype).square()  # stack promotes mixed float32/float64 norms
 
     # -- loss ------------------------------------------------------------------------------------

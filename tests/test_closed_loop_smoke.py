@@ -14,7 +14,7 @@ from closed_loop_harness import run_arm  # noqa: E402
 from closed_loop_setups import PLATEAU  # noqa: E402
 from corpus_tasks import load_task  # noqa: E402
 
-N_STEPS, EVAL_EVERY, LR, GAMMA = 40, 10, 0.05, 0.1
+N_STEPS, EVAL_EVERY, LR, GAMMA = 40, 5, 0.05, 0.1
 
 
 def _arm(arm: str, step_size: int = 25, milestones: tuple[int, ...] = ()):

@@ -187,7 +187,7 @@ def test_sparse_gradients_are_measured_like_their_dense_equal(sparse_optimizer):
         reference.append((delta.norm().item(), grad.norm().item(), 0, 0, -delta.dot(grad).item()))
     reference = np.array(reference)
     records = meter.finish()
-    assert meter._scale is not None  # steps 4-8 took the polarization path
+    assert meter._scale is not None  # set when the first chunk was read (step 7): steps 7-8 took the polarization path
     np.testing.assert_allclose(records.displacement, reference[:, 0], rtol=1e-5)
     np.testing.assert_allclose(records.grad_norm, reference[:, 1], rtol=1e-5)
     _assert_descent_matches(records.descent, reference)
@@ -352,12 +352,14 @@ class _SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_step_path_does_no_host_sync(monkeypatch):
+@pytest.mark.parametrize("scale", [None, 0.01])  # the descent by exact dot products, then by polarization
+def test_step_path_does_no_host_sync(monkeypatch, scale):
     """Between flushes the hooks call nothing that reads a device value on the host. The test's own loop
     stays sync-free too; the dispatch mode sees every aten op, the patches catch the non-aten exits."""
     model = _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     meter = StepMeter(optimizer, flush_every=50).attach()
+    meter._scale = scale  # as a chunk reaching the host would set it
     x = torch.randn(32, 6)
     exits = []
     for attr in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
@@ -388,6 +390,21 @@ def test_low_precision_parameters_are_measured_in_float32_exactly():
     records = meter.finish()
     np.testing.assert_allclose(records.displacement, reference[:, 0], rtol=1e-6)
     _assert_descent_matches(records.descent, reference)  # bf16 gradients added into float32 snapshots
+
+
+def test_float64_and_bfloat16_parameters_in_one_optimizer():
+    """_foreach_norm(dtype=float32) refuses to narrow float64 tensors: a float64 head beside a bf16 body
+    crashed optimizer.step."""
+    model = _model(torch.bfloat16)
+    model[2].double()
+    model.forward = lambda x: model[2](model[1](model[0](x)).double())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    meter = StepMeter(optimizer, flush_every=3).attach()
+    reference = _train(model, optimizer, 8)
+    records = meter.finish()
+    np.testing.assert_allclose(records.displacement, reference[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(records.grad_norm, reference[:, 1], rtol=1e-6)
+    _assert_descent_matches(records.descent, reference)
 
 
 def test_non_finite_values_are_recorded_not_raised():

@@ -162,7 +162,8 @@ class LRWatch(Callback):
         keep_records: measured steps kept on the host for `records` (oldest chunks dropped first;
             about 50 bytes a step). The logger has them all; the analysis needs none of them.
         group_series: log the per-group series (each group's lr, Adam's step per lr, AdamW's effective
-            decay) of at most this many param groups, the first ones; None: of all. Each is one scalar a
+            decay) of at most this many param groups, the first ones (at least 1: the first group's lr is
+            the one ``lrwatch report`` reads); None: of all. Each is one scalar a
             step, and TensorBoard's writer takes tens of µs a scalar on the training thread: with AdamW and
             one group per parameter (102 groups, `benchmarks/group_overhead.py`) a small model's mean step
             was 2.63x the bare one's with all of them logged, 1.38x at the default. Every group is still
@@ -277,8 +278,9 @@ class LRWatch(Callback):
             if self.writes_logs and logged < len(opt.param_groups):
                 rank_zero_warn(f"LRWatch: optimizer {name} has {len(opt.param_groups)} param groups; their per-group "
                                f"series (lr, Adam's step per lr, AdamW's effective decay) are logged for the first "
-                               f"{logged} only (group_series={self.group_series}; each costs about 30-50 µs a step "
-                               "in TensorBoard). All are measured and in records(); group_series=None logs them all.")
+                               f"{logged} only (group_series={self.group_series}: up to three scalars a group and "
+                               "step, tens of µs each in TensorBoard). All are measured and in records(); "
+                               "group_series=None logs them all.")
             self._watched.append(
                 _Watched(name, meter.attach(), _lr_tags(name, opt)[:logged], name if several else None,
                          Analyzer(**self.thresholds), [], _group_names(opt)[:logged], _adam_betas(opt),
