@@ -1,7 +1,8 @@
 """The report figure (matplotlib, the optional ``lrwatch[plot]`` extra; imported only when a plot is asked for).
 
 One row per analysed run: on the left lr and displacement on a log y-axis with the schedule's drops as dashed
-vertical lines and each diagnosis shaded over its steps; on the right the training loss with the same marks.
+vertical lines and each diagnosis shaded over its steps; on the right the training loss with the same marks
+(on a log y-axis too when it spans more than ``LOG_LOSS_SPAN``, as a diverging run's does).
 Built on ``matplotlib.figure.Figure`` directly, so no pyplot state and no GUI backend are involved.
 """
 
@@ -22,6 +23,9 @@ DPI = 100
 SPAN_ALPHA = 0.2
 """Opacity of the diagnosis shading: light enough to read the lines through it."""
 DROP_LINE = {"color": "black", "linestyle": "--", "linewidth": 0.8}
+LOG_LOSS_SPAN = 1e3
+"""The loss panel goes to a log y-axis when the (positive, finite) loss spans more than this ratio, as a
+diverging run's does: on a linear axis everything before the blow-up is a flat line at 0."""
 DIAGNOSIS_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
@@ -66,7 +70,11 @@ def plot_report(rows: Sequence[tuple[str, Track, Report]], path: str | os.PathLi
         if track.loss is not None and np.isfinite(track.loss).any():
             loss_ax.plot(track.steps, track.loss, color="tab:green", linewidth=0.8)
             _mark(loss_ax, track, report, colors, with_labels=False)
-            loss_ax.set_title("loss", fontsize="medium")
+            shown = track.loss[np.isfinite(track.loss)]
+            logarithmic = shown.min() > 0 and shown.max() > LOG_LOSS_SPAN * shown.min()
+            if logarithmic:
+                loss_ax.set_yscale("log")
+            loss_ax.set_title("loss (log scale)" if logarithmic else "loss", fontsize="medium")
         else:
             loss_ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=loss_ax.transAxes)
             loss_ax.set_axis_off()

@@ -11,6 +11,7 @@ Expected drops come from the lr each update actually used, recorded from the opt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -287,6 +288,20 @@ def test_plot_figure_has_log_axis_drop_lines_and_diagnosis_spans(logs):
     legend = [text.get_text() for text in schedule_ax.get_legend().get_texts()]
     assert legend[2:] == ["lr drop", "lr_too_high", "diverging"]
     np.testing.assert_array_equal(loss_ax.get_lines()[0].get_ydata(), track.loss)
+
+
+def test_the_loss_panel_is_logarithmic_only_for_a_loss_spanning_decades(logs):
+    pytest.importorskip("matplotlib")
+    from lrwatch.plot import plot_report
+
+    logdir, _ = logs
+    (track,) = read_runs(logdir, run="watched")["watched"].tracks
+    report = Report(Signature("constant", [], [], None, [], "lr"), [], MAX_STEPS)
+    loss_ax = plot_report([("watched", track, report)]).axes[1]
+    assert (loss_ax.get_yscale(), loss_ax.get_title()) == ("linear", "loss")
+    blown_up = dataclasses.replace(track, loss=track.loss * np.logspace(0, 8, len(track.loss)))  # as a divergence
+    loss_ax = plot_report([("watched", blown_up, report)]).axes[1]
+    assert (loss_ax.get_yscale(), loss_ax.get_title()) == ("log", "loss (log scale)")
 
 
 def test_plot_without_matplotlib_is_a_one_line_error(logs, capsys, monkeypatch, tmp_path):
