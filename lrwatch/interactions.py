@@ -56,7 +56,7 @@ class WeightDecayFade:
     """
 
     fade: float = 10.0
-    _start: np.ndarray | None = None  # (lr·wd, wd) of each group at the first step
+    _start: np.ndarray | None = None  # (lr·wd, wd) of each group at its first step, shape (2, n_groups)
     _active: dict[int, Diagnosis] = field(default_factory=dict)  # group -> its open diagnosis
     _ended: list[Diagnosis] = field(default_factory=list)
     _last_step: int = -1
@@ -71,12 +71,20 @@ class WeightDecayFade:
         return sorted([*self._ended, *self._active.values()], key=lambda d: (d.start, d.evidence["group"]))
 
     def update(self, steps: np.ndarray, lr: np.ndarray, weight_decay: np.ndarray) -> None:
-        """steps (n,), lr and weight_decay (n, n_groups)."""
+        """steps (n,), lr and weight_decay (n, n_groups). A group added later (more columns, NaN before it
+        existed) starts from its first finite step."""
         lr, weight_decay = np.asarray(lr, float), np.asarray(weight_decay, float)
         if not len(steps):
             return
         if self._start is None:
-            self._start = np.stack([lr[0] * weight_decay[0], weight_decay[0]])
+            self._start = np.full((2, 0), np.nan)
+        if lr.shape[1] > self._start.shape[1]:
+            self._start = np.pad(self._start, ((0, 0), (0, lr.shape[1] - self._start.shape[1])), constant_values=np.nan)
+        for g in np.flatnonzero(np.isnan(self._start[1])):
+            known = np.flatnonzero(np.isfinite(lr[:, g]) & np.isfinite(weight_decay[:, g]))
+            if known.size:
+                first = known[0]
+                self._start[:, g] = lr[first, g] * weight_decay[first, g], weight_decay[first, g]
         coupled, wd0 = self._start
         faded = (weight_decay == wd0) & (wd0 > 0) & (lr * weight_decay * self.fade < coupled)
         previous_steps = np.concatenate([[self._last_step], steps[:-1]])

@@ -41,7 +41,7 @@ fills again is waited for then (it was issued a whole ring earlier, so it has lo
 `finish` collects everything (it does synchronise, and is meant for the end of training).
 
 Memory: one snapshot of the trainable parameters (float32 for low-precision parameters, so that the
-difference is exact), plus ``flush_every × (4 + 2·n_groups)`` floats on the device. Transients: adding a
+difference is exact), plus ``flush_every × (4 + 2·group_capacity)`` floats on the device. Transients: adding a
 low-precision (bf16/fp16) gradient into its float32 snapshot may cast that gradient to a float32 temporary
 first (on CPU it does; CUDA kernels cast elementwise, not checked here), and a sparse gradient is coalesced
 (a copy of its indices and values) and, before the polarization scale is known, its dot product gathers the
@@ -52,9 +52,11 @@ the groups change (a group added, e.g. by Lightning's ``BaseFinetuning`` unfreez
 parameter's ``requires_grad`` switched): checked at each measured step's pre-hook from the groups'
 sizes and which parameters train (a Python pass over the parameters, like the snapshot's), the snapshot
 is then re-allocated once, and the small index tensors are built by fill kernels (no host-to-device
-copy). The per-group columns stay those of the groups the meter was built with; a group added later
-counts in ``displacement``, ``grad_norm`` and ``descent`` but has no column (``groups_added`` says how
-many there are). Parameters on another device than the meter's (that of its first trainable
+copy). The ring has per-group columns for ``SPARE_GROUPS`` more groups than the optimizer had when the
+meter was built: a group added later gets its lr, displacement, weight decay and β from its first
+measured step (NaN in the rows before it existed, and in chunks from before it was added, which are
+narrower: `StepRecords.concatenate` pads them). Groups beyond that count in ``displacement``,
+``grad_norm`` and ``descent`` but have no columns (``groups_without_columns`` says how many). Parameters on another device than the meter's (that of its first trainable
 parameter) are left out and counted in ``params_elsewhere``.
 
 Under sharded data parallelism (FSDP) each rank holds a shard: pass ``process_group`` (or ``True``
@@ -81,6 +83,10 @@ from lrwatch._checks import require_int
 
 DISPLACEMENT, GRAD_NORM, LOSS, DESCENT = 0, 1, 2, 3
 _FIRST_LR_COLUMN = 4
+SPARE_GROUPS = 8
+"""Param groups that may be added to the optimizer mid-fit (Lightning's ``BaseFinetuning`` adds one per
+unfrozen module) and still get their own columns (lr, displacement, weight decay, β); later ones are
+measured without."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,8 @@ class StepRecords:
         loss: float64 (n,), assigned loss, NaN where none was assigned.
         descent: float64 (n,), −⟨w_t − w_{t−1}, g_t⟩ in loss units (the first-order decrease of the
             minibatch loss the update promises; negative when it goes uphill).
-        lr: float64 (n, n_groups), lr of every param group.
+        lr: float64 (n, n_groups), lr of every param group (every per-group column is NaN in the rows
+            from before its group was added to the optimizer).
         group_displacement: float64 (n, n_groups), displacement of each group's parameters.
         weight_decay: float64 (n, n_groups), each group's ``weight_decay`` (0 where it has none).
         momentum: float64 (n, n_groups), each group's β (`momentum_coefficient`; dimensionless, NaN
@@ -115,13 +122,22 @@ class StepRecords:
 
     @staticmethod
     def concatenate(chunks: list["StepRecords"], n_groups: int) -> "StepRecords":
-        """Join chunks in order; an empty list gives empty arrays of the right shapes."""
+        """Join chunks in order; an empty list gives empty arrays of the right shapes (``n_groups`` columns).
+        Chunks from before a param group was added have fewer per-group columns: they are padded with NaN."""
         if not chunks:
             empty = np.empty(0)
             per_group = np.empty((0, n_groups))
             return StepRecords(np.empty(0, np.int64), empty, empty, empty, empty, per_group, per_group, per_group,
                                per_group, np.empty(0, bool))
-        return StepRecords(*(np.concatenate([getattr(c, f.name) for c in chunks]) for f in fields(StepRecords)))
+        width = max(c.lr.shape[1] for c in chunks)
+
+        def joined(name: str) -> np.ndarray:
+            parts = [getattr(c, name) for c in chunks]
+            if parts[0].ndim == 2:
+                parts = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=np.nan) for a in parts]
+            return np.concatenate(parts)
+
+        return StepRecords(*(joined(f.name) for f in fields(StepRecords)))
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -261,17 +277,19 @@ class StepMeter:
         self.optimizer = optimizer
         self.flush_every = flush_every
         self.every_n_steps = every_n_steps
-        self.n_groups = len(optimizer.param_groups)
+        self.group_capacity = len(optimizer.param_groups) + SPARE_GROUPS
+        self.n_groups = 0  # param groups with columns so far: set by the binding
         self._clock = clock
         self._group = None if process_group is None or process_group is False else (
             dist.group.WORLD if process_group is True else process_group
         )
 
-        self._first_group_column = _FIRST_LR_COLUMN + self.n_groups
+        self._first_group_column = _FIRST_LR_COLUMN + self.group_capacity
         self._ring_steps = np.zeros(flush_every, np.int64)
         self._ring_loss_assigned = np.zeros(flush_every, bool)
-        self._ring_weight_decay = np.zeros((flush_every, self.n_groups))
-        self._ring_momentum = np.zeros((flush_every, self.n_groups))
+        # NaN until a group exists: a group's columns are written at every measured step from its first on
+        self._ring_weight_decay = np.full((flush_every, self.group_capacity), np.nan)
+        self._ring_momentum = np.full((flush_every, self.group_capacity), np.nan)
         self._scale: float | None = None  # polarization scale c, see the module docstring
         self._pending: tuple | None = None  # rows and the host columns of the copy in flight
         self._completed: list[StepRecords] = []
@@ -289,7 +307,7 @@ class StepMeter:
         self.device = device
         # float64 accumulation wherever the backend has it (MPS does not).
         self._acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-        n_columns = self._first_group_column + self.n_groups
+        n_columns = self._first_group_column + self.group_capacity
         self._ring = torch.full((self.flush_every, n_columns), float("nan"), dtype=self._acc_dtype, device=device)
         pinned = device.type == "cuda"
         self._host = torch.empty((self.flush_every, n_columns), dtype=self._acc_dtype, pin_memory=pinned)
@@ -315,16 +333,18 @@ class StepMeter:
             for p in map(_local, self.params)
         ]
         # built by fill kernels, not uploaded from the host (a blocking copy on CUDA): this may run in the step path
-        self._param_group = _runs([min(param_groups[i], self.n_groups) for i in here], torch.long, self.device)
+        self.n_groups = max(self.n_groups, min(len(self.optimizer.param_groups), self.group_capacity))
+        self._param_group = _runs([min(param_groups[i], self.group_capacity) for i in here], torch.long, self.device)
         counts = [replicas(p) for p in self.params] if self._group is not None else []
         # each rank's share of a replicated shard's sums (None: every element is held once)
         self._share = None if all(c == 1 for c in counts) else _runs([1.0 / c for c in counts], self._acc_dtype,
                                                                        self.device)
 
     @property
-    def groups_added(self) -> int:
-        """Param groups added to the optimizer since the meter was built (measured, without columns)."""
-        return max(len(self.optimizer.param_groups) - self.n_groups, 0)
+    def groups_without_columns(self) -> int:
+        """Param groups added beyond ``group_capacity``: measured (in m, the gradient norm and the descent),
+        without columns of their own."""
+        return max(len(self.optimizer.param_groups) - self.group_capacity, 0)
 
     # -- hooks -----------------------------------------------------------------------------------
     def attach(self) -> "StepMeter":
@@ -368,18 +388,19 @@ class StepMeter:
             snapshot_squares = snapshot_squares * self._share
             grad_share = self._entries(self._share, with_grad)
             grad_squares, descents = grad_squares * grad_share, descents * grad_share
-        group_squares = torch.zeros(self.n_groups + 1, dtype=self._acc_dtype, device=self._ring.device)
-        group_squares.index_add_(0, self._param_group, snapshot_squares)  # the last bin: groups added later
+        group_squares = torch.zeros(self.group_capacity + 1, dtype=self._acc_dtype, device=self._ring.device)
+        group_squares.index_add_(0, self._param_group, snapshot_squares)  # the last bin: groups beyond capacity
+        n = self.n_groups
         sums = torch.cat([group_squares.sum().view(1), grad_squares.sum().view(1), descents.sum().view(1),
-                          group_squares[: self.n_groups]])
+                          group_squares[:n]])
         if self._group is not None:  # every entry is a sum over shards: one collective for all
             dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self._group)
         row = self._ring[self._fill]
         row[DISPLACEMENT : GRAD_NORM + 1].copy_(sums[:2].sqrt())
         row[DESCENT].copy_(sums[2])
-        row[self._first_group_column :].copy_(sums[3:].sqrt())
+        row[self._first_group_column : self._first_group_column + n].copy_(sums[3:].sqrt())
         row[LOSS].fill_(float("nan"))
-        for j, group in enumerate(self.optimizer.param_groups[: self.n_groups]):
+        for j, group in enumerate(self.optimizer.param_groups[:n]):
             row[_FIRST_LR_COLUMN + j].fill_(group["lr"])  # a float or a 0-d tensor: no host sync either way
             self._ring_weight_decay[self._fill, j] = group.get("weight_decay", 0.0)
             self._ring_momentum[self._fill, j] = momentum_coefficient(group)
@@ -485,10 +506,10 @@ class StepMeter:
             grad_norm=values[:, GRAD_NORM],
             loss=values[:, LOSS],
             descent=values[:, DESCENT],
-            lr=values[:, _FIRST_LR_COLUMN : self._first_group_column],
-            group_displacement=values[:, self._first_group_column :],
-            weight_decay=weight_decay,
-            momentum=momentum,
+            lr=values[:, _FIRST_LR_COLUMN : _FIRST_LR_COLUMN + self.n_groups],
+            group_displacement=values[:, self._first_group_column : self._first_group_column + self.n_groups],
+            weight_decay=weight_decay[:, : self.n_groups],
+            momentum=momentum[:, : self.n_groups],
             loss_assigned=loss_assigned,
         )
         self._completed.append(chunk)

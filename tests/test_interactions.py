@@ -76,3 +76,14 @@ def test_weight_decay_fade_is_chunking_invariant(cuts, seed):
 def test_bad_fade():
     with pytest.raises(ValueError, match="fade"):
         WeightDecayFade(fade=1.0)
+
+
+def test_weight_decay_fade_of_a_group_added_later_counts_from_its_own_first_step():
+    """Group 1 joins at step 4 (NaN before, in a wider chunk): its reference is its own first lr·wd, not NaN."""
+    fade = WeightDecayFade(fade=10.0)
+    fade.update(np.arange(1, 4), np.full((3, 1), 1.0), np.full((3, 1), 0.1))
+    lr = np.array([[1.0, np.nan], [1.0, 0.5], [1.0, 0.2], [1.0, 0.04]])
+    fade.update(np.arange(4, 8), lr, np.where(np.isnan(lr), np.nan, 0.1))
+    [d] = fade.diagnoses
+    assert (d.start, d.end, d.evidence["group"]) == (7, None, 1.0)
+    assert d.evidence["ratio_to_start"] == pytest.approx(0.04 / 0.5)

@@ -100,7 +100,7 @@ def test_parameters_that_join_mid_run_are_measured_from_their_first_step():
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
     meter = StepMeter(optimizer, flush_every=3).attach()
     generator = torch.Generator().manual_seed(1)
-    expected, head_only, bias_only = [], [], []
+    expected, head_only, bias_only, body_only = [], [], [], []
     for t in range(9):
         if t == 2:
             head.weight.requires_grad_(True)
@@ -117,16 +117,39 @@ def test_parameters_that_join_mid_run_are_measured_from_their_first_step():
         expected.append((delta.norm().item(), grad.norm().item(), -delta.dot(grad).item()))
         head_only.append(torch.cat([d for p, d in deltas if any(p is q for q in head.parameters())]).norm().item())
         bias_only.append(torch.cat([d for p, d in deltas if p is head.bias]).norm().item())
+        body_only.append(torch.cat([torch.zeros(0, dtype=torch.float64), *(
+            d for p, d in deltas if any(p is q for q in body.parameters()))]).norm().item())
     records = meter.finish()
     expected = np.array(expected)
     np.testing.assert_allclose(records.displacement, expected[:, 0], rtol=1e-5)
     np.testing.assert_allclose(records.grad_norm, expected[:, 1], rtol=1e-5)
     np.testing.assert_allclose(records.descent, expected[:, 2], rtol=1e-4)
     np.testing.assert_allclose(records.group_displacement[:, 0], head_only, rtol=1e-5)  # the group it was built with
-    assert records.lr.shape == (9, 1) and meter.groups_added == 1
+    # the added group has its columns from its first step, NaN before (chunks of 3: the step-5 add is mid-chunk)
+    assert records.lr.shape == (9, 2) and meter.groups_without_columns == 0
+    np.testing.assert_array_equal(records.lr[:, 1], [np.nan] * 5 + [1.0] * 4)
+    np.testing.assert_array_equal(records.weight_decay[:5, 1], np.nan)
+    np.testing.assert_allclose(records.group_displacement[5:, 1], body_only[5:], rtol=1e-5)
+    assert np.isnan(records.group_displacement[:5, 1]).all()
     # what measuring only the parameters the meter was built with would give is clearly less
     assert np.all(records.displacement[2:5] > 1.05 * np.array(bias_only[2:5]))
     assert np.all(records.displacement[5:] > 1.05 * np.array(head_only[5:]))
+
+
+def test_groups_added_beyond_the_spare_columns_are_measured_without_columns():
+    model = _model()
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    meter = StepMeter(optimizer, flush_every=4).attach()
+    _train(model, optimizer, 2)
+    extra = [torch.nn.Parameter(torch.zeros(3)) for _ in range(lrwatch.measure.SPARE_GROUPS + 1)]
+    for i, p in enumerate(extra):
+        optimizer.add_param_group({"params": [p], "lr": 0.01 * (i + 1)})
+    optimizer.add_param_group({"params": model[2].parameters(), "lr": 0.5})  # the last: no columns of its own
+    reference = _train(model, optimizer, 3)
+    records = meter.finish()
+    assert records.lr.shape == (5, 1 + lrwatch.measure.SPARE_GROUPS) and meter.groups_without_columns == 2
+    np.testing.assert_allclose(records.lr[2:, 1:], [[0.01 * (i + 1) for i in range(lrwatch.measure.SPARE_GROUPS)]] * 3)
+    np.testing.assert_allclose(records.displacement[2:], reference[:, 0], rtol=1e-5)  # still counted in m
 
 
 @pytest.mark.parametrize("maximize", [False, True])

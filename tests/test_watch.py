@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import lrwatch
-from lrwatch._lightning import pl
+from lrwatch._lightning import Callback, pl
 from lrwatch.callbacks import watch as watch_module
 from lrwatch.callbacks.watch import _fsdp1_hybrid, _is_sharded, _news, optimizer_names
 from lrwatch.diagnosis import Diagnosis, Report
+from lrwatch.measure import SPARE_GROUPS
 from lrwatch.signature import Signature
 from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, TwoOptimizerGAN, digits_loader, make_trainer
 
@@ -216,12 +217,17 @@ class HeadOnly(DigitsMLP):
         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
 
 
-def test_a_param_group_added_mid_fit_is_measured_and_warned_about_once():
+def test_a_param_group_added_mid_fit_is_measured_and_its_lr_logged_from_its_first_step():
     logger, reference, watch = RecordingLogger(), ReferenceRecorder(), lrwatch.LRWatch(flush_every=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer([UnfreezeBody(), reference, watch], logger, max_steps=24).fit(HeadOnly(), digits_loader())
-    assert len([w for w in caught if "param group(s) were added" in str(w.message)]) == 1
+    assert not [w for w in caught if "param group" in str(w.message)]
+    # the body's group (BaseFinetuning's lr: the head's / 10) has its own lr tag from its first step, 9
+    steps, lrs = logger.series("lrwatch/lr/SGD/pg1")
+    np.testing.assert_array_equal(steps, np.arange(9, 25))
+    _assert_close(lrs, [group_lrs[1] for group_lrs in reference.lrs[0][8:]], "the added group's lr")
+    assert np.isnan(watch.records().lr[:8, 1]).all() and watch.records().lr.shape == (24, 2)
     # the independent reference: flat parameter vectors before each step; the body's group joins the
     # optimizer's at step 9 (epoch 1 of 8 batches), after the head's parameters
     before, head_size = reference.before[0], len(reference.before[0][0])
@@ -230,6 +236,28 @@ def test_a_param_group_added_mid_fit_is_measured_and_warned_about_once():
     _, logged = logger.series("lrwatch/displacement")
     _assert_close(logged, np.array(expected), "displacement with a param group added mid-fit")
     assert len(before[8]) > head_size and logged[8:].min() > 0
+
+
+class AddGroups(Callback):
+    """Adds ``count`` one-parameter groups to the optimizer before step 3."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 3:
+            for _ in range(self.count):
+                trainer.optimizers[0].add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.01})
+
+
+def test_groups_added_beyond_the_meters_spare_columns_are_warned_about_once():
+    logger, watch = RecordingLogger(), lrwatch.LRWatch(flush_every=4, group_series=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer([AddGroups(SPARE_GROUPS + 2), watch], logger, max_steps=12).fit(DigitsMLP("sgd"), digits_loader())
+    assert len([w for w in caught if "2 param group(s) were added" in str(w.message)]) == 1
+    assert watch.records().lr.shape == (12, 1 + SPARE_GROUPS)
+    assert f"lrwatch/lr/SGD/pg{SPARE_GROUPS}" in logger.metrics and f"lrwatch/lr/SGD/pg{SPARE_GROUPS + 1}" not in logger.metrics
 
 
 def test_a_second_fit_with_the_same_callback_warns_afresh():

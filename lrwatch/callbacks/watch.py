@@ -6,6 +6,7 @@ Thin glue between Lightning and the engine: `StepMeter` measures (torch, on the 
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.diagnosis import DIVERGING, Analyzer, Diagnosis, Report
 from lrwatch.interactions import BASELINE_STEPS, WeightDecayFade, adam_bias_factor, momentum_transients
-from lrwatch.measure import StepMeter, StepRecords, is_dtensor
+from lrwatch.measure import SPARE_GROUPS, StepMeter, StepRecords, is_dtensor
 from lrwatch.schedule_control import decoupled_weight_decay
 from lrwatch.tensorboard import custom_scalars_layout, diagnoses_markdown, write_layout
 
@@ -251,6 +252,7 @@ class LRWatch(Callback):
         self._detach()
         self._watched = []
         self._trainer = trainer
+        self._meter_warned = set()
         optimizers = list(trainer.optimizers)
         if not optimizers:
             rank_zero_warn("LRWatch: the trainer has no optimizer; nothing will be measured.")
@@ -273,14 +275,7 @@ class LRWatch(Callback):
             if not meter.params:
                 rank_zero_warn(f"LRWatch: optimizer {name} has no trainable parameters (yet); nothing is measured "
                                "until some train.")
-            logged = len(opt.param_groups) if self.group_series is None else min(len(opt.param_groups),
-                                                                                   self.group_series)
-            if self.writes_logs and logged < len(opt.param_groups):
-                rank_zero_warn(f"LRWatch: optimizer {name} has {len(opt.param_groups)} param groups; their per-group "
-                               f"series (lr, Adam's step per lr, AdamW's effective decay) are logged for the first "
-                               f"{logged} only (group_series={self.group_series}: up to three scalars a group and "
-                               "step, tens of µs each in TensorBoard). All are measured and in records(); "
-                               "group_series=None logs them all.")
+            logged = self._logged_groups(name, len(opt.param_groups))
             self._watched.append(
                 _Watched(name, meter.attach(), _lr_tags(name, opt)[:logged], name if several else None,
                          Analyzer(**self.thresholds), [], _group_names(opt)[:logged], _adam_betas(opt),
@@ -293,9 +288,20 @@ class LRWatch(Callback):
             self._restored = None
         else:  # a new fit analyses afresh, so its diagnoses are news again (a resumed one keeps what it warned)
             self._announced = set()
-        self._meter_warned = set()
         if self.writes_logs:
             self._write_layout(trainer)
+
+    def _logged_groups(self, name: str, n_groups: int) -> int:
+        """How many of an optimizer's ``n_groups`` param groups get per-group series (``group_series``),
+        warning once per fit and optimizer when that leaves some out."""
+        logged = n_groups if self.group_series is None else min(n_groups, self.group_series)
+        if self.writes_logs and logged < n_groups and (name, "group_series") not in self._meter_warned:
+            self._meter_warned.add((name, "group_series"))
+            rank_zero_warn(f"LRWatch: optimizer {name} has {n_groups} param groups; their per-group series (lr, "
+                           f"Adam's step per lr, AdamW's effective decay) are logged for the first {logged} only "
+                           f"(group_series={self.group_series}: up to three scalars a group and step, tens of µs "
+                           "each in TensorBoard). All are measured and in records(); group_series=None logs them all.")
+        return logged
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = _batch_loss(outputs)
@@ -335,6 +341,7 @@ class LRWatch(Callback):
             self._warn_about_meter(w)  # also when nothing is measured any more (all measured parameters frozen)
             if not len(chunk):
                 continue
+            self._follow_added_groups(trainer, w, chunk.lr.shape[1])
             w.records.append(chunk)
             while sum(map(len, w.records)) - len(w.records[0]) >= self.keep_records:
                 w.records.pop(0)
@@ -352,13 +359,25 @@ class LRWatch(Callback):
                 if report is not None:
                     self._announce(trainer, w, report, int(chunk.steps[-1]))
 
+    def _follow_added_groups(self, trainer, w: _Watched, n_groups: int) -> None:
+        """Per-group series for param groups added mid-fit (e.g. by ``BaseFinetuning``), as far as
+        ``group_series`` allows, from the chunk (with ``n_groups`` per-group columns) that first has them."""
+        logged = self._logged_groups(w.name, n_groups)
+        if logged <= len(w.lr_tags):
+            return
+        groups = w.meter.optimizer.param_groups
+        w.lr_tags += [tags.lr_tag(w.name, i, groups[i].get("name")) for i in range(len(w.lr_tags), logged)]
+        w.group_names += _group_names(w.meter.optimizer)[len(w.group_names) : logged]
+        if self.writes_logs:
+            self._write_layout(trainer)
+
     def _warn_about_meter(self, w: _Watched) -> None:
-        """Warn once per fit and optimizer about param groups added mid-fit and parameters left unmeasured."""
-        if w.meter.groups_added and (w.name, "groups") not in self._meter_warned:
+        """Warn once per fit and optimizer about param groups without columns and parameters left unmeasured."""
+        if w.meter.groups_without_columns and (w.name, "groups") not in self._meter_warned:
             self._meter_warned.add((w.name, "groups"))
-            rank_zero_warn(f"LRWatch: {w.meter.groups_added} param group(s) were added to optimizer {w.name} after "
-                           "fit started (e.g. by BaseFinetuning): their parameters count in the displacement, "
-                           "gradient norm and descent, but their lr is not logged.")
+            rank_zero_warn(f"LRWatch: {w.meter.groups_without_columns} param group(s) were added to optimizer {w.name} "
+                           f"after fit started beyond the {SPARE_GROUPS} the meter keeps columns for: their parameters "
+                           "count in the displacement, gradient norm and descent, but their lr is not recorded.")
         if w.meter.params_elsewhere and (w.name, "devices") not in self._meter_warned:
             self._meter_warned.add((w.name, "devices"))
             rank_zero_warn(f"LRWatch: {w.meter.params_elsewhere} trainable parameter(s) of optimizer {w.name} are on "
@@ -402,8 +421,15 @@ class LRWatch(Callback):
             series[tags.series_tag(tags.diagnosis_tag(kind), suffix)] = active
         names = list(series)
         sparse = {step: {tags.series_tag(tags.MOMENTUM_TRANSIENT, suffix): ratio} for step, ratio in transients}
+        # a param group added mid-chunk has NaN in the steps before it existed: nothing to log there
+        absent = {n for n, g in enumerate(chunk.lr.T[: len(w.lr_tags)]) if np.isnan(g).any()}
+        gaps = {tag for g in absent for tag in (w.lr_tags[g], *(
+            tags.series_tag(f"{base}/{w.group_names[g]}", suffix) for base in (tags.ADAM_STEP_PER_LR, tags.EFFECTIVE_DECAY)))}
         for step, values in zip(chunk.steps.tolist(), np.column_stack(list(series.values())).tolist()):
-            log_metrics(trainer, {**dict(zip(names, values)), **sparse.get(step, {})}, step)
+            metrics = dict(zip(names, values))
+            if gaps:
+                metrics = {k: v for k, v in metrics.items() if not (k in gaps and math.isnan(v))}
+            log_metrics(trainer, {**metrics, **sparse.get(step, {})}, step)
 
     def _announce(self, trainer, w: _Watched, report: Report, last_step: int) -> None:
         """Warn once per new diagnosis worth it (`_news`); rewrite the text summary (when logging) when the
