@@ -157,11 +157,13 @@ class RunSeries:
     n_records: int
 
 
-def _held(series: Series, axis: np.ndarray) -> np.ndarray:
-    """Values of a piecewise-constant series on ``axis``: the latest logged value at or before each step
-    (the first value before the first logged step)."""
+def _held(series: Series, axis: np.ndarray, fill_before: bool = True) -> np.ndarray:
+    """Values of a piecewise-constant series on ``axis``: the latest logged value at or before each step;
+    before the first logged step its first value, or NaN without ``fill_before`` (a param group added
+    mid-fit had no lr there)."""
     index = np.searchsorted(series.steps, axis, side="right") - 1
-    return series.values[np.maximum(index, 0)]
+    held = series.values[np.maximum(index, 0)]
+    return held if fill_before else np.where(index >= 0, held, np.nan)
 
 
 def _fitted(name: str, series: Series, tag: str, axis: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -262,7 +264,8 @@ def _build_track(
         optimizer=optimizer,
         steps=axis,
         displacement=displacement,
-        lr={t: _held(s, axis) for t, s in lr_series.items()},
+        # the first group's lr is the analysis lr (held back to the first step); a later group's may start later
+        lr={t: _held(s, axis, fill_before=i == 0) for i, (t, s) in enumerate(lr_series.items())},
         loss=loss,
         **measured,
         flags=flags,

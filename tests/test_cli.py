@@ -486,6 +486,20 @@ def test_series_keep_the_order_their_tags_first_appear_in(tmp_path):
     assert list(read_runs(tmp_path)["."].scalars) == [tags.LOSS, tags.DISPLACEMENT]
 
 
+def test_a_param_groups_lr_that_starts_later_is_not_drawn_before_it(tmp_path):
+    """A group added mid-fit (BaseFinetuning) is logged from its first step: its lr is NaN before it, while the
+    first group's lr, the one analysed, still holds its first value back to the axis's start."""
+    with SummaryWriter(str(tmp_path)) as writer:
+        for step in range(1, 11):
+            writer.add_scalar(tags.DISPLACEMENT, 1.0, step)
+            writer.add_scalar(tags.lr_tag("SGD", 0), 0.1, step + 1 if step == 1 else step)  # missing at step 1
+            if step >= 6:
+                writer.add_scalar(tags.lr_tag("SGD", 1), 0.01, step)
+    (track,) = read_runs(tmp_path)["."].tracks
+    np.testing.assert_array_equal(track.lr[tags.lr_tag("SGD", 1)], [np.nan] * 5 + [np.float32(0.01)] * 5)
+    np.testing.assert_array_equal(track.analysis_lr, [np.float32(0.1)] * 10)  # event files hold float32
+
+
 @given(st.lists(st.integers(-5, 20), min_size=1, max_size=30))
 def test_latest_per_step_keeps_events_no_later_event_undercuts(steps):
     values = np.arange(len(steps), dtype=float)
