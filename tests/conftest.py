@@ -204,6 +204,18 @@ class SaveRankRecords(Callback):
             torch.distributed.destroy_process_group()
 
 
+class LateRestore(pl.strategies.SingleDeviceStrategy):
+    """A CPU strategy that restores callbacks from a checkpoint after ``on_fit_start``, as FSDPStrategy,
+    ModelParallelStrategy and DeepSpeedStrategy do (their ``restore_checkpoint_after_setup``)."""
+
+    def __init__(self):
+        super().__init__(device=torch.device("cpu"))
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
+
+
 @pytest.fixture
 def recording_logger():
     return RecordingLogger()

@@ -12,7 +12,7 @@ import lrwatch
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.signature import Signature
 from lrwatch._lightning import Callback, pl
-from tests.conftest import DigitsMLP, RecordingLogger, digits_loader, make_trainer
+from tests.conftest import DigitsMLP, LateRestore, RecordingLogger, digits_loader, make_trainer
 
 
 class ForcedDrop(lrwatch.EarlyStepDrop):
@@ -293,26 +293,32 @@ def test_shares_an_attached_lrwatch_instead_of_measuring_twice():
     assert len(watch.records()) == 10
 
 
-def _resume_run(tmp_path, steps, ckpt=None, save_every=None, trace=None, **drop_kwargs):
+def _resume_run(tmp_path, steps, ckpt=None, save_every=None, trace=None, late=False, **drop_kwargs):
     model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5))
     trace = trace or LrTrace()
     callbacks = [trace, ForcedDrop({7: "drop", 33: "drop"}, cooldown=0, **drop_kwargs)]
     checkpointing = save_every is not None
     if checkpointing:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=save_every, save_top_k=-1))
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, callbacks=callbacks,
-                         enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(max_steps=steps, logger=False, callbacks=callbacks, enable_checkpointing=checkpointing,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         **({"strategy": LateRestore()} if late else {"accelerator": "cpu"}))
     trainer.fit(model, digits_loader(batch_size=16), ckpt_path=ckpt)
     return np.array(trace.lrs), callbacks[1]
 
 
-def test_resume_gives_the_same_lr_trajectory(tmp_path):
+@pytest.mark.parametrize("late", [False, True])  # late: callbacks restored after on_fit_start (FSDP, ModelParallel)
+def test_resume_gives_the_same_lr_trajectory(tmp_path, late):
     straight, _ = _resume_run(tmp_path / "a", 50)
     first, _ = _resume_run(tmp_path / "b", 25, save_every=25)
     ckpt = next((tmp_path / "b").glob("*.ckpt"))
-    second, resumed = _resume_run(tmp_path / "c", 50, ckpt=str(ckpt))
+    second, resumed = _resume_run(tmp_path / "c", 50, ckpt=str(ckpt), late=late)
     np.testing.assert_allclose(np.concatenate([first, second]), straight)
     assert [a.step for a in resumed.actions] == [8, 34]  # the first from the checkpoint, the second after
+    # the same callback in a new fit afterwards: a new run, not a third part of the resumed one
+    trainer = make_trainer([resumed], False, max_steps=3)
+    trainer.fit(Scheduled(None), digits_loader(batch_size=16))
+    assert resumed.actions == []
 
 
 def test_resume_in_the_middle_of_momentum_damping_restores_the_momentum_on_time(tmp_path):

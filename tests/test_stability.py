@@ -24,7 +24,7 @@ from lrwatch.callbacks.stability import (
     StabilityProbe,
 )
 from lrwatch.hessian import top_hessian_eigenvalue, update_rule
-from tests.conftest import DigitsMLP, RecordingLogger, TwoOptimizerGAN, digits_loader, make_trainer
+from tests.conftest import DigitsMLP, LateRestore, RecordingLogger, TwoOptimizerGAN, digits_loader, make_trainer
 
 
 def _exact_hessian(loss_of_flat, flat: torch.Tensor) -> np.ndarray:
@@ -299,19 +299,21 @@ def _fit(model, probe, max_steps, **trainer_kwargs):
     return trainer, logger, [str(w.message) for w in caught]
 
 
-def test_a_resumed_fit_goes_on_and_a_new_fit_starts_afresh(tmp_path):
+@pytest.mark.parametrize("late", [False, True])  # late: callbacks restored after on_fit_start (FSDP, ModelParallel)
+def test_a_resumed_fit_goes_on_and_a_new_fit_starts_afresh(tmp_path, late):
     critical_lr = 2 / LAMBDA_MAX
     factor = lambda k: 1.0 if k < 20 else (1.5 if k < 35 else 0.75)  # noqa: E731  (as in the test below)
     probe = StabilityProbe(every_n_steps=5)
     trainer, _, _ = _fit(LinearRegression(0.8 * critical_lr, factor), probe, max_steps=25)  # open at steps 20, 25
     trainer.save_checkpoint(tmp_path / "mid.ckpt")
     resumed = StabilityProbe(every_n_steps=5)
-    make_trainer([resumed], RecordingLogger(), max_steps=50).fit(
+    make_trainer([resumed], RecordingLogger(), max_steps=50, **({"strategy": LateRestore()} if late else {})).fit(
         LinearRegression(0.8 * critical_lr, factor), _regression_loader(), ckpt_path=tmp_path / "mid.ckpt")
     assert [(d.kind, d.start, d.end) for d in resumed.diagnoses] == [(KIND, 20, 30)]  # one episode, as straight
-    # the first probe on a new run that stays below its ceiling: nothing of the first run is left
-    _fit(LinearRegression(0.5 * critical_lr, None), probe, max_steps=20)
-    assert probe.diagnoses == [] and probe.last["step"] == 20
+    # a probe on a new run that stays below its ceiling: nothing of an earlier run is left
+    for used in (probe, resumed):
+        _fit(LinearRegression(0.5 * critical_lr, None), used, max_steps=20)
+        assert used.diagnoses == [] and used.last["step"] == 20
 
 
 def factor_at(factor, steps):

@@ -17,7 +17,8 @@ from lrwatch.callbacks.watch import _fsdp1_hybrid, _is_sharded, _news, optimizer
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.measure import SPARE_GROUPS
 from lrwatch.signature import Signature
-from tests.conftest import DigitsMLP, RecordingLogger, ReferenceRecorder, TwoOptimizerGAN, digits_loader, make_trainer
+from tests.conftest import (DigitsMLP, LateRestore, RecordingLogger, ReferenceRecorder, TwoOptimizerGAN, digits_loader,
+                            make_trainer)
 
 RTOL = 1e-5
 
@@ -335,6 +336,46 @@ def test_log_false_writes_nothing_to_the_loggers_of_a_real_fit(tmp_path):
     written = {value.tag for path in tmp_path.rglob("events.out.tfevents.*")
                for event in EventFileLoader(str(path)).Load() for value in event.summary.value}
     assert not [tag for tag in written if "lrwatch" in tag or "custom_scalars" in tag]  # no scalar, text or layout
+
+
+def _checkpointed_fit(folder, watch, max_steps, ckpt=None, late=False):
+    """DigitsMLP under SGD with a StepLR, checkpointed every 24 steps (3 epochs of the fixed-order loader)."""
+    saver = pl.callbacks.ModelCheckpoint(dirpath=folder, every_n_train_steps=24, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=max_steps, logger=False, callbacks=[watch, saver], enable_progress_bar=False,
+                         enable_model_summary=False, **({"strategy": LateRestore()} if late else {"accelerator": "cpu", "devices": 1}))
+    trainer.fit(DigitsMLP("sgd", lr=0.5, scheduler="step"), digits_loader(), ckpt_path=ckpt)
+    return watch
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_resumed_fit_reports_as_the_uninterrupted_one(tmp_path, late):
+    """The analyzers travel in the checkpoint. Strategies that restore callbacks after on_fit_start (late) had
+    them stashed for a later fit: the resumed run analysed only its second half."""
+    straight = _checkpointed_fit(tmp_path / "straight", lrwatch.LRWatch(flush_every=7), 48)
+    _checkpointed_fit(tmp_path / "first", lrwatch.LRWatch(flush_every=7), 24)
+    resumed = _checkpointed_fit(tmp_path / "second", lrwatch.LRWatch(flush_every=7), 48,
+                                ckpt=next((tmp_path / "first").glob("*.ckpt")), late=late)
+    assert resumed.report.n_steps == 48 and resumed.report.to_dict() == straight.report.to_dict()
+    # a new fit with the same callback afterwards starts afresh
+    again = _checkpointed_fit(tmp_path / "again", resumed, 24)
+    assert again.report.n_steps == 24
+
+
+def test_fit_state_tells_which_fit_loaded_state_belongs_to():
+    from lrwatch.callbacks._resume import FitState
+
+    state = FitState()
+    state._state_loaded()  # restored before on_fit_start (most strategies): this fit resumes
+    assert state._fit_starts() and state._in_fit
+    state._stage_ends()
+    state._fit_starts()
+    state._state_loaded()  # restored after on_fit_start (FSDP, ModelParallel, DeepSpeed): applied at once ...
+    state._stage_ends()
+    assert not state._fit_starts()  # ... and not carried into the next fit
+    state._stage_ends()
+    state._state_loaded()  # restored by validate/test/predict(ckpt_path=...): no fit follows from it
+    state._stage_ends()
+    assert not state._fit_starts()
 
 
 class PerParameterAdamW(DigitsMLP):

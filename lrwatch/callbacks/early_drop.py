@@ -27,6 +27,7 @@ from lrwatch import tags
 from lrwatch._checks import require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
+from lrwatch.callbacks._resume import FitState
 from lrwatch.callbacks.watch import LRWatch
 from lrwatch.diagnosis import Report
 from lrwatch.interactions import DROP_RATIO
@@ -47,7 +48,7 @@ class Action:
         return asdict(self)
 
 
-class EarlyStepDrop(Callback):
+class EarlyStepDrop(FitState, Callback):
     """Bring lr drops forward when the lr is too high; hold them back when decay is too aggressive.
 
     Args:
@@ -121,7 +122,6 @@ class EarlyStepDrop(Callback):
         self._watch: LRWatch | None = None
         self._optimizer = self._scheduler = None
         self._acts = False
-        self._resumed = False  # state loaded from a checkpoint, for the next fit to go on from
         self._start_run()
 
     def _start_run(self) -> None:
@@ -181,9 +181,8 @@ class EarlyStepDrop(Callback):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not self._resumed:
+        if not self._fit_starts():
             self._start_run()
-        self._resumed = False
         attached = [cb for cb in trainer.callbacks if isinstance(cb, LRWatch)]
         self._watch = attached[0] if attached else self._own_watch
         if attached and self._watch_options:
@@ -257,6 +256,7 @@ class EarlyStepDrop(Callback):
 
     def teardown(self, trainer, pl_module, stage) -> None:
         self._own_watch.teardown(trainer, pl_module, stage)
+        self._stage_ends()
 
     # -- actions ---------------------------------------------------------------------------------
     def _last_analyzed(self) -> int | None:
@@ -348,4 +348,4 @@ class EarlyStepDrop(Callback):
         self._damping = None if damping is None else control.MomentumDamping(**damping)
         if state_dict.get("own_watch") is not None:
             self._own_watch.load_state_dict(pickle.loads(state_dict["own_watch"]))
-        self._resumed = True
+        self._state_loaded()

@@ -33,6 +33,7 @@ from torch import Tensor
 from lrwatch import tags
 from lrwatch._lightning import Callback, pl, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics
+from lrwatch.callbacks._resume import FitState
 from lrwatch.diagnosis import Diagnosis
 from lrwatch.hessian import UpdateRule, top_hessian_eigenvalue, update_rule
 
@@ -47,7 +48,7 @@ UNSTABLE_RATIO = 1.0
 """Sharpness / ceiling above which the update is unstable. Exactly 1 by the theory; not a tuning knob."""
 
 
-class StabilityProbe(Callback):
+class StabilityProbe(FitState, Callback):
     """Every ``every_n_steps`` optimizer steps, λ_max of the training loss on the current batch vs the ceiling.
 
     Reads the model and the optimizer, changes neither: Hessian-vector products go through
@@ -115,7 +116,6 @@ class StabilityProbe(Callback):
         self.iters = int(iters)
         self.tol = float(tol)
         self.loss_fn = loss_fn
-        self._resumed = False  # state loaded from a checkpoint, for the next fit to go on from
         self._start_run()
         self._state_key = self._generate_state_key(every_n_steps=self.every_n_steps, iters=self.iters, tol=self.tol)
 
@@ -147,12 +147,14 @@ class StabilityProbe(Callback):
         self._last_probe_step = state_dict["last_probe_step"]
         self._held_at = state_dict["held_at"]
         self._warned = set(state_dict["warned"])
-        self._resumed = True
+        self._state_loaded()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._resumed:
+        if not self._fit_starts():
             self._start_run()
-        self._resumed = False
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stage_ends()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.loss_fn is None and not pl_module.automatic_optimization:

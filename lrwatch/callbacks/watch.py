@@ -17,6 +17,7 @@ from lrwatch import tags
 from lrwatch._checks import require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
+from lrwatch.callbacks._resume import FitState
 from lrwatch.diagnosis import DIVERGING, Analyzer, Diagnosis, Report
 from lrwatch.interactions import BASELINE_STEPS, WeightDecayFade, adam_bias_factor, momentum_transients
 from lrwatch.measure import SPARE_GROUPS, StepMeter, StepRecords, is_dtensor
@@ -136,7 +137,7 @@ def _active_flags(diagnoses: list[Diagnosis], steps: np.ndarray) -> dict[str, np
     return dict(sorted(flags.items()))
 
 
-class LRWatch(Callback):
+class LRWatch(FitState, Callback):
     """Measure lr, displacement and gradient norm at every optimizer step; log and diagnose online.
 
     Logged tags (optimizer steps on the x-axis, ``trainer.global_step`` after the step):
@@ -211,7 +212,7 @@ class LRWatch(Callback):
         self._announced: set[tuple[str, str, int]] = set()  # (optimizer, kind, start) already warned about
         self._meter_warned: set[tuple[str, str]] = set()  # (optimizer, what) warned about this fit: added groups, devices
         self._trainer = None
-        self._restored: dict | None = None  # analyzer states from a checkpoint, applied at fit start
+        self._restored: dict = {}  # analyzer states from a checkpoint, for the fit that resumes from it
 
     # -- results ---------------------------------------------------------------------------------
     @property
@@ -249,6 +250,7 @@ class LRWatch(Callback):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
+        resumed = self._fit_starts()
         self._detach()
         self._watched = []
         self._trainer = trainer
@@ -281,13 +283,10 @@ class LRWatch(Callback):
                          Analyzer(**self.thresholds), [], _group_names(opt)[:logged], _adam_betas(opt),
                          WeightDecayFade() if decoupled_weight_decay(opt) else None)
             )
-        if self._restored is not None:
-            for w in self._watched:
-                if w.name in self._restored:
-                    w.analyzer = pickle.loads(self._restored[w.name])
-            self._restored = None
+        if resumed:
+            self._apply_restored()
         else:  # a new fit analyses afresh, so its diagnoses are news again (a resumed one keeps what it warned)
-            self._announced = set()
+            self._restored, self._announced = {}, set()
         if self.writes_logs:
             self._write_layout(trainer)
 
@@ -329,6 +328,7 @@ class LRWatch(Callback):
 
     def teardown(self, trainer, pl_module, stage) -> None:
         self._detach()
+        self._stage_ends()
 
     def _detach(self) -> None:
         for w in self._watched:
@@ -472,3 +472,13 @@ class LRWatch(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = dict(state_dict.get("analyzers", {}))
         self._announced = {tuple(a) for a in state_dict.get("announced", [])}
+        if self._in_fit:  # restored after on_fit_start (FSDP, ModelParallel, DeepSpeed): the analyzers exist now
+            self._apply_restored()
+        self._state_loaded()
+
+    def _apply_restored(self) -> None:
+        """Replace the analyzers of the optimizers a checkpoint had with its states."""
+        for w in self._watched:
+            if w.name in self._restored:
+                w.analyzer = pickle.loads(self._restored[w.name])
+        self._restored = {}
