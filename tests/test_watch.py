@@ -361,6 +361,22 @@ def test_a_resumed_fit_reports_as_the_uninterrupted_one(tmp_path, late):
     assert again.report.n_steps == 24
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_fit_ended_by_an_exception_still_logs_its_last_steps(error):
+    """With flush_every=50 nothing had reached the logger, the records or the report by step 30."""
+    class FailsAtStep30(DigitsMLP):
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == 30:
+                raise error("stop")
+            return super().training_step(batch, batch_idx)
+
+    logger, watch = RecordingLogger(), lrwatch.LRWatch()
+    with pytest.raises((SystemExit, RuntimeError)):  # Lightning turns an interrupt into SystemExit
+        make_trainer([watch], logger, max_steps=100).fit(FailsAtStep30("sgd", lr=0.5), digits_loader())
+    np.testing.assert_array_equal(logger.series("lrwatch/displacement")[0], np.arange(1, 31))
+    assert len(watch.records()) == 30 and watch.report.n_steps == 30
+
+
 def test_fit_state_tells_which_fit_loaded_state_belongs_to():
     from lrwatch.callbacks._resume import FitState
 

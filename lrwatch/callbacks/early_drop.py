@@ -254,6 +254,10 @@ class EarlyStepDrop(FitState, Callback):
             self._own_watch.on_train_end(trainer, pl_module)
         self._log_transients(trainer)
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._watch is self._own_watch:
+            self._own_watch.on_exception(trainer, pl_module, exception)
+
     def teardown(self, trainer, pl_module, stage) -> None:
         self._own_watch.teardown(trainer, pl_module, stage)
         self._stage_ends()

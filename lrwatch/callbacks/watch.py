@@ -326,6 +326,15 @@ class LRWatch(FitState, Callback):
         self._publish(trainer, final=True)
         self._detach()
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Flush what was measured before an exception or an interrupt ended the fit: its last steps (up to a
+        ring's worth, often the most telling, such as a divergence's) would otherwise never be logged."""
+        try:
+            self._publish(trainer, final=True)
+        except Exception as error:  # e.g. a failed device: the exception that ended the fit is the one to see
+            rank_zero_warn(f"LRWatch: could not flush the last measured steps after {type(exception).__name__}: "
+                           f"{error!r}")
+
     def teardown(self, trainer, pl_module, stage) -> None:
         self._detach()
         self._stage_ends()
