@@ -400,10 +400,15 @@ class StepMeter:
         row[DESCENT].copy_(sums[2])
         row[self._first_group_column : self._first_group_column + n].copy_(sums[3:].sqrt())
         row[LOSS].fill_(float("nan"))
-        for j, group in enumerate(self.optimizer.param_groups[:n]):
+        groups = self.optimizer.param_groups
+        for j, group in enumerate(groups[:n]):
             row[_FIRST_LR_COLUMN + j].fill_(group["lr"])  # a float or a 0-d tensor: no host sync either way
             self._ring_weight_decay[self._fill, j] = group.get("weight_decay", 0.0)
             self._ring_momentum[self._fill, j] = momentum_coefficient(group)
+        if len(groups) < n:  # groups removed from the optimizer: NaN, not the values a ring cycle ago
+            for first in (_FIRST_LR_COLUMN, self._first_group_column):
+                row[first + len(groups) : first + n].fill_(float("nan"))
+            self._ring_weight_decay[self._fill, len(groups) : n] = self._ring_momentum[self._fill, len(groups) : n] = np.nan
         self.steps_measured += 1
         self._ring_steps[self._fill] = self._clock() if self._clock is not None else self.steps_taken
         self._ring_loss_assigned[self._fill] = False

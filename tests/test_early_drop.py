@@ -321,6 +321,30 @@ def test_resume_gives_the_same_lr_trajectory(tmp_path, late):
     assert resumed.actions == []
 
 
+def test_resume_after_a_crashed_fit_of_the_same_callback_goes_on_from_the_checkpoint(tmp_path):
+    """The crashed fit never got a teardown: its callback still thought itself in a fit, and applied the
+    checkpoint's state as a mid-fit restore that on_fit_start then wiped (no actions, no drops)."""
+    class CrashesAt30(Scheduled):
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == 30:
+                raise RuntimeError("crash")
+            return super().training_step(batch, batch_idx)
+
+    callback = ForcedDrop({7: "drop"}, cooldown=0)
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=25, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=50, accelerator="cpu", logger=False, callbacks=[callback, saver],
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.fit(CrashesAt30(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5)),
+                    digits_loader(batch_size=16))
+    trace = LrTrace()
+    make_trainer([trace, callback], False, max_steps=30).fit(
+        Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.5)), digits_loader(batch_size=16),
+        ckpt_path=str(next(tmp_path.glob("*.ckpt"))))
+    assert [(a.kind, a.step) for a in callback.actions] == [("drop", 8)] and callback._drops_taken == 1
+    np.testing.assert_allclose(trace.lrs, [0.25] * 2 + [0.125] * 3)  # updates 26-30: after the drops at 8 and 18, and 28
+
+
 def test_resume_in_the_middle_of_momentum_damping_restores_the_momentum_on_time(tmp_path):
     def momentum(path, steps, **kwargs):
         trace = LrTrace()

@@ -152,6 +152,20 @@ def test_groups_added_beyond_the_spare_columns_are_measured_without_columns():
     np.testing.assert_allclose(records.displacement[2:], reference[:, 0], rtol=1e-5)  # still counted in m
 
 
+def test_a_param_group_removed_from_the_optimizer_leaves_nan_not_old_values():
+    model = _model()
+    optimizer = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.03,
+                                                                     "weight_decay": 0.1}], lr=0.1)
+    meter = StepMeter(optimizer, flush_every=3).attach()
+    _train(model, optimizer, 4)
+    optimizer.param_groups.pop()  # not a torch API, but nothing stops it
+    _train(model, optimizer, 4)
+    records = meter.finish()
+    np.testing.assert_array_equal(records.lr[:, 1], [0.03] * 4 + [np.nan] * 4)
+    for column in (records.group_displacement[4:, 1], records.weight_decay[4:, 1], records.momentum[4:, 1]):
+        assert np.isnan(column).all()
+
+
 @pytest.mark.parametrize("maximize", [False, True])
 def test_plain_sgd_descent_is_lr_times_squared_grad_norm_and_negative_uphill(maximize):
     """Plain SGD moves by ∓lr·g, so the descent is ±lr‖g‖²; ``maximize`` climbs, and the descent is negative."""

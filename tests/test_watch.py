@@ -377,6 +377,32 @@ def test_a_fit_ended_by_an_exception_still_logs_its_last_steps(error):
     assert len(watch.records()) == 30 and watch.report.n_steps == 30
 
 
+def test_a_resumed_fine_tuning_run_keeps_its_lr_tags_and_weight_decay_reference(tmp_path):
+    """Resumed after BaseFinetuning added a group, the optimizer has two groups at fit start: their tags were
+    pg0/pg1 where the first part had logged lrwatch/lr/AdamW and .../pg1 (the reader then saw three lrs). The
+    weight-decay rule was not in the checkpoint: the resumed part measured the fade from the lr at the resume."""
+    class AdamWHead(HeadOnly):
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=0.01, weight_decay=0.05)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=12, gamma=0.2)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def fit(folder, steps, ckpt=None):
+        logger, watch = RecordingLogger(), lrwatch.LRWatch(flush_every=5)
+        saver = pl.callbacks.ModelCheckpoint(dirpath=folder, every_n_train_steps=24, save_top_k=-1)
+        pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[UnfreezeBody(), watch, saver]).fit(
+            AdamWHead(), digits_loader(), ckpt_path=ckpt)
+        return logger
+
+    first = fit(tmp_path / "a", 24)
+    second = fit(tmp_path / "b", 32, ckpt=next((tmp_path / "a").glob("*.ckpt")))
+    lr_tags = {tag for logger in (first, second) for tag in logger.metrics if tag.startswith("lrwatch/lr/")}
+    assert lr_tags == {"lrwatch/lr/AdamW", "lrwatch/lr/AdamW/pg1"}
+    steps, faded = second.series("lrwatch/diagnosis/weight_decay_faded")  # lr·wd 25x below its start from 25
+    np.testing.assert_array_equal(faded, (steps >= 25).astype(float))
+
+
 def test_fit_state_tells_which_fit_loaded_state_belongs_to():
     from lrwatch.callbacks._resume import FitState
 
@@ -392,6 +418,9 @@ def test_fit_state_tells_which_fit_loaded_state_belongs_to():
     state._state_loaded()  # restored by validate/test/predict(ckpt_path=...): no fit follows from it
     state._stage_ends()
     assert not state._fit_starts()
+    state._stage_ends()  # a fit that failed (on_exception ends it: Lightning calls no teardown then) ...
+    state._state_loaded()  # ... and the fit that resumes from a checkpoint afterwards
+    assert state._fit_starts()
 
 
 class PerParameterAdamW(DigitsMLP):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 class FitState:
     """Mixin: call `_fit_starts` first thing in ``on_fit_start``, `_state_loaded` at the end of
-    ``load_state_dict`` and `_stage_ends` in ``teardown``.
+    ``load_state_dict`` and `_stage_ends` in ``teardown`` and ``on_exception`` (after an exception Lightning
+    calls no teardown).
 
     State loaded before ``on_fit_start`` is this fit's (`_fit_starts` says so); state loaded during a fit (after
     ``on_fit_start``) must be applied at once, which `_in_fit` tells ``load_state_dict``; state loaded by a stage

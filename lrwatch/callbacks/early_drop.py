@@ -255,6 +255,7 @@ class EarlyStepDrop(FitState, Callback):
         self._log_transients(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._stage_ends()  # Lightning calls no teardown after an exception
         if self._watch is self._own_watch:
             self._own_watch.on_exception(trainer, pl_module, exception)
 

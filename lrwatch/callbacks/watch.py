@@ -329,6 +329,7 @@ class LRWatch(FitState, Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """Flush what was measured before an exception or an interrupt ended the fit: its last steps (up to a
         ring's worth, often the most telling, such as a divergence's) would otherwise never be logged."""
+        self._stage_ends()  # Lightning calls no teardown after an exception
         try:
             self._publish(trainer, final=True)
         except Exception as error:  # e.g. a failed device: the exception that ended the fit is the one to see
@@ -468,26 +469,42 @@ class LRWatch(FitState, Callback):
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The analyzers' state, after flushing the meters (a device sync, at checkpoint time only), so
-        that a resumed run diagnoses exactly as an uninterrupted one. The logged series themselves
-        are in the logger, not in the checkpoint."""
+        """Per optimizer the analyzer's and the weight-decay rule's state and the lr tags in use, after
+        flushing the meters (a device sync, at checkpoint time only), so that a resumed run diagnoses
+        exactly as an uninterrupted one and logs each group's lr under the same tag (a group added mid-fit
+        is there from the start of the resumed fit). The logged series themselves are in the logger."""
         if self._trainer is not None:
             self._publish(self._trainer, final=True)
         return {
-            "analyzers": {w.name: pickle.dumps(w.analyzer) for w in self._watched},
+            "watched": {w.name: pickle.dumps({"analyzer": w.analyzer, "weight_decay": w.weight_decay,
+                                              "lr_tags": w.lr_tags, "group_names": w.group_names})
+                        for w in self._watched},
             "announced": sorted(self._announced),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._restored = dict(state_dict.get("analyzers", {}))
+        # checkpoints of lrwatch 0.1.0 before this layout hold the analyzers alone
+        self._restored = {name: pickle.loads(blob) for name, blob in state_dict.get("watched", {}).items()} or {
+            name: {"analyzer": pickle.loads(blob)} for name, blob in state_dict.get("analyzers", {}).items()}
         self._announced = {tuple(a) for a in state_dict.get("announced", [])}
-        if self._in_fit:  # restored after on_fit_start (FSDP, ModelParallel, DeepSpeed): the analyzers exist now
+        if self._in_fit:  # restored after on_fit_start (FSDP, ModelParallel, DeepSpeed): the watched exist now
             self._apply_restored()
+            if self.writes_logs and self._trainer is not None:
+                self._write_layout(self._trainer)
         self._state_loaded()
 
     def _apply_restored(self) -> None:
-        """Replace the analyzers of the optimizers a checkpoint had with its states."""
+        """Give the optimizers a checkpoint had its analyzers, weight-decay rules and lr tags (the groups
+        it did not know keep the tags given at fit start)."""
         for w in self._watched:
-            if w.name in self._restored:
-                w.analyzer = pickle.loads(self._restored[w.name])
+            saved = self._restored.get(w.name)
+            if saved is None:
+                continue
+            w.analyzer = saved["analyzer"]
+            if saved.get("weight_decay") is not None and w.weight_decay is not None:
+                w.weight_decay = saved["weight_decay"]
+            for attribute in ("lr_tags", "group_names"):
+                if attribute in saved:
+                    known = saved[attribute][: len(getattr(w, attribute))]
+                    setattr(w, attribute, known + getattr(w, attribute)[len(known):])
         self._restored = {}
