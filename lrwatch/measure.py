@@ -56,8 +56,9 @@ copy). The ring has per-group columns for ``SPARE_GROUPS`` more groups than the 
 meter was built: a group added later gets its lr, displacement, weight decay and β from its first
 measured step (NaN in the rows before it existed, and in chunks from before it was added, which are
 narrower: `StepRecords.concatenate` pads them). Groups beyond that count in ``displacement``,
-``grad_norm`` and ``descent`` but have no columns (``groups_without_columns`` says how many). Parameters on another device than the meter's (that of its first trainable
-parameter) are left out and counted in ``params_elsewhere``.
+``grad_norm`` and ``descent`` but have no columns (``groups_without_columns`` says how many).
+Parameters on another device than the meter's (that of its first trainable parameter) are left out and
+counted in ``params_elsewhere``.
 
 Under sharded data parallelism (FSDP) each rank holds a shard: pass ``process_group`` (or ``True``
 for the default group) and the squared norms and the descent (a sum over shards too) are

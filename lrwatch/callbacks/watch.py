@@ -483,7 +483,7 @@ class LRWatch(FitState, Callback):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # checkpoints of lrwatch 0.1.0 before this layout hold the analyzers alone
+        # checkpoints written before the lr tags and weight-decay rules were kept hold the analyzers alone
         self._restored = {name: pickle.loads(blob) for name, blob in state_dict.get("watched", {}).items()} or {
             name: {"analyzer": pickle.loads(blob)} for name, blob in state_dict.get("analyzers", {}).items()}
         self._announced = {tuple(a) for a in state_dict.get("announced", [])}
