@@ -409,7 +409,8 @@ class StepMeter:
         if len(groups) < n:  # groups removed from the optimizer: NaN, not the values a ring cycle ago
             for first in (_FIRST_LR_COLUMN, self._first_group_column):
                 row[first + len(groups) : first + n].fill_(float("nan"))
-            self._ring_weight_decay[self._fill, len(groups) : n] = self._ring_momentum[self._fill, len(groups) : n] = np.nan
+            self._ring_weight_decay[self._fill, len(groups) : n] = np.nan
+            self._ring_momentum[self._fill, len(groups) : n] = np.nan
         self.steps_measured += 1
         self._ring_steps[self._fill] = self._clock() if self._clock is not None else self.steps_taken
         self._ring_loss_assigned[self._fill] = False
