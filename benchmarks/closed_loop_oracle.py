@@ -1,6 +1,7 @@
 """What could an early drop gain on the closed-loop benchmark, and what would it cost on tuned runs?
 
-    python benchmarks/closed_loop_oracle.py [--setups NAME ...] [--seeds N ...] [--drops T ...] [--json FILE]
+    python benchmarks/closed_loop_oracle.py [--setups NAME ...] [--seeds N ...] [--drops T ...] [--two-drops]
+                                            [--json FILE]
 
 An oracle study, not a policy: every case of ``closed_loop.py`` (setup × condition × seed, the same
 lrs, seeds and runs) is trained again with its one scheduled 10× drop moved to step t (the harness's
@@ -14,17 +15,18 @@ fixed schedule's, and whether the case would meet the issue's goals:
 
 The summary gives, for each t, the share of cases meeting the goals if *every* run dropped at t, and
 the share an oracle reaches that knows the condition and picks the best t of each too-high case (and
-never drops a tuned one). A causal policy sees one run and must tell the two conditions apart from
+never drops a tuned one); with ``--two-drops`` also the same oracle allowed two drops t1 < t2 (EarlyStepDrop
+may take up to ``max_drops`` = 3). A causal policy sees one run and must tell the two conditions apart from
 it: where no single t serves both conditions, the goals hinge on that distinction.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
-import numpy as np
 import torch
 
 from closed_loop import STEPS_GOAL, TUNED_TOLERANCE
@@ -39,9 +41,22 @@ DEFAULT_DROPS = (50, 100, 150, 200, 250, 300, 350, 400)
 DROP_FRACTION = {"too_high": LATE_DROP_FRACTION, "tuned": TUNED_DROP_FRACTION}
 
 
-def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...]) -> dict:
+def _outcome(result: ArmResult, condition: str, target: float, plateau: float | None) -> dict:
+    """One moved-drop run against the fixed arm's final loss ``target`` (and the plateau arm's final loss on
+    the too-high condition): final ratio, steps ratio (None: never reached) and whether the goals are met."""
+    reached = result.steps_to_reach(target)
+    steps_ratio = None if reached is None else reached / N_STEPS
+    if condition == "too_high":
+        meets = steps_ratio is not None and steps_ratio <= STEPS_GOAL and result.final_loss < plateau
+    else:
+        meets = result.final_loss <= (1 + TUNED_TOLERANCE) * target
+    return {"final_ratio": result.final_loss / target, "steps_ratio": steps_ratio, "meets": bool(meets)}
+
+
+def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...], two_drops: bool = False) -> dict:
     """The fixed arm, the plateau arm (too-high only) and one single-drop arm per t before the
-    scheduled drop; figures relative to the fixed arm."""
+    scheduled drop (with ``two_drops``, on the too-high condition, also one arm per pair t1 < t2 of them);
+    figures relative to the fixed arm."""
     task = load_task(setup.task)
     scheduled = step_size(DROP_FRACTION[condition])
 
@@ -52,20 +67,13 @@ def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...]
     fixed = arm("step")
     target = fixed.final_loss
     plateau = arm("plateau").final_loss if condition == "too_high" else None
-    moved = {}
-    for t in (t for t in drops if t < scheduled):
-        result = arm("milestones", (t,))
-        reached = result.steps_to_reach(target)
-        steps_ratio = np.inf if reached is None else reached / N_STEPS
-        if condition == "too_high":
-            meets = bool(steps_ratio <= STEPS_GOAL and result.final_loss < plateau)
-        else:
-            meets = bool(result.final_loss <= (1 + TUNED_TOLERANCE) * target)
-        moved[t] = {"final_ratio": result.final_loss / target,
-                    "steps_ratio": steps_ratio if np.isfinite(steps_ratio) else None,  # None: never reached
-                    "meets": meets}
+    before = [t for t in drops if t < scheduled]
+    moved = {t: _outcome(arm("milestones", (t,)), condition, target, plateau) for t in before}
+    pairs = itertools.combinations(before, 2) if two_drops and condition == "too_high" else ()
+    moved_twice = {f"{a},{b}": _outcome(arm("milestones", (a, b)), condition, target, plateau) for a, b in pairs}
     return {"setup": setup.name, "condition": condition, "seed": seed, "lr": lr, "fixed_final": target,
-            "plateau_ratio": None if plateau is None else plateau / target, "moved": moved}
+            "plateau_ratio": None if plateau is None else plateau / target, "moved": moved,
+            "moved_twice": moved_twice}
 
 
 def case_table(cases: list[dict], condition: str, drops: tuple[int, ...]) -> str:
@@ -100,6 +108,10 @@ def summary_lines(cases: list[dict], drops: tuple[int, ...]) -> list[str]:
         oracle = [any(m["meets"] for m in c["moved"].values()) for c in high]
         lines.append(f"- oracle (knows the condition; best t per too-high case, no early drop on tuned runs): "
                      f"too-high {sum(oracle)}/{len(oracle)}; tuned {len(tuned)}/{len(tuned)}")
+        if any(c["moved_twice"] for c in high):
+            both = [any(m["meets"] for m in (*c["moved"].values(), *c["moved_twice"].values())) for c in high]
+            lines.append(f"- the same oracle with up to two drops (any t1 < t2 of the steps): too-high "
+                         f"{sum(both)}/{len(both)}")
     return lines
 
 
@@ -108,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setups", nargs="+", choices=[s.name for s in SETUPS], help="only these setups")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(EVAL_SEEDS), help="seeds (default: evaluation)")
     parser.add_argument("--drops", nargs="+", type=int, default=list(DEFAULT_DROPS), help="steps to move the drop to")
+    parser.add_argument("--two-drops", action="store_true",
+                        help="too-high cases: also every pair of drop steps (28 more runs a case at the defaults)")
     parser.add_argument("--json", metavar="FILE", help="save every case's figures")
     args = parser.parse_args(argv)
     drops = tuple(sorted(set(args.drops)))
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             if lr is None:
                 continue
             for seed in args.seeds:
-                cases.append(run_case(setup, condition, seed, lr, drops))
+                cases.append(run_case(setup, condition, seed, lr, drops, args.two_drops))
                 print(f"  {setup.name:20s} {condition:8s} seed {seed}", flush=True)
 
     print(f"\n{N_STEPS} updates per run; the one 10× drop moved to step t; cells: final full-data loss ÷ the fixed "
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntotal wall time: {time.perf_counter() - start:.0f} s ({len(cases)} cases)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(cases, f, default=float)
+            json.dump(cases, f)
 
 
 if __name__ == "__main__":

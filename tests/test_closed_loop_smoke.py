@@ -42,3 +42,18 @@ def test_a_moved_drop_changes_the_run_only_after_it():
 def test_the_milestones_arm_needs_a_milestone():
     with pytest.raises(ValueError, match="milestone"):
         _arm("milestones")
+
+
+def test_the_oracle_study_runs_and_scores_moved_drops(tmp_path, capsys):
+    import json
+
+    import closed_loop_oracle
+
+    out = tmp_path / "oracle.json"
+    closed_loop_oracle.main(["--setups", "clusters/adam", "--seeds", "101", "--drops", "100", "200", "--two-drops",
+                             "--json", str(out)])
+    cases = {c["condition"]: c for c in json.loads(out.read_text())}
+    assert set(cases["too_high"]["moved"]) == {"100", "200"} and set(cases["too_high"]["moved_twice"]) == {"100,200"}
+    assert set(cases["tuned"]["moved"]) == {"100", "200"} and cases["tuned"]["moved_twice"] == {}
+    printed = capsys.readouterr().out
+    assert "oracle (knows the condition" in printed and "up to two drops" in printed
