@@ -403,6 +403,20 @@ def test_a_resumed_fine_tuning_run_keeps_its_lr_tags_and_weight_decay_reference(
     np.testing.assert_array_equal(faded, (steps >= 25).astype(float))
 
 
+def test_state_a_validate_loaded_from_a_checkpoint_does_not_carry_into_a_later_fresh_fit(tmp_path):
+    class Validated(DigitsMLP):
+        def validation_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx)
+
+    _checkpointed_fit(tmp_path / "first", lrwatch.LRWatch(flush_every=7), 24)
+    watch, probe, drop = lrwatch.LRWatch(flush_every=7), lrwatch.StabilityProbe(every_n_steps=5), lrwatch.EarlyStepDrop()
+    trainer = make_trainer([watch, probe, drop], False, max_steps=10)
+    trainer.validate(Validated("sgd", lr=0.5, scheduler="step"), digits_loader(),
+                     ckpt_path=next((tmp_path / "first").glob("*.ckpt")))
+    trainer.fit(Validated("sgd", lr=0.5, scheduler="step"), digits_loader())
+    assert watch.report.n_steps == 10  # its own 10 steps, not the checkpoint's 24 + 10
+
+
 def test_fit_state_tells_which_fit_loaded_state_belongs_to():
     from lrwatch.callbacks._resume import FitState
 
