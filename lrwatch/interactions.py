@@ -56,7 +56,8 @@ class WeightDecayFade:
     """
 
     fade: float = 10.0
-    _start: np.ndarray | None = None  # (lr·wd, wd) of each group at its first step, shape (2, n_groups)
+    # (lr·wd, wd) of each group at its first step, shape (2, groups seen); NaN until a group has a finite step
+    _start: np.ndarray = field(default_factory=lambda: np.full((2, 0), np.nan))
     _active: dict[int, Diagnosis] = field(default_factory=dict)  # group -> its open diagnosis
     _ended: list[Diagnosis] = field(default_factory=list)
     _last_step: int = -1
@@ -76,8 +77,6 @@ class WeightDecayFade:
         lr, weight_decay = np.asarray(lr, float), np.asarray(weight_decay, float)
         if not len(steps):
             return
-        if self._start is None:
-            self._start = np.full((2, 0), np.nan)
         if lr.shape[1] > self._start.shape[1]:
             self._start = np.pad(self._start, ((0, 0), (0, lr.shape[1] - self._start.shape[1])), constant_values=np.nan)
         for g in np.flatnonzero(np.isnan(self._start[1])):

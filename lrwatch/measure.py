@@ -316,8 +316,9 @@ class StepMeter:
 
     def _bind_params(self) -> None:
         """(Re)build what depends on which parameters are measured: the parameter list (those on the meter's
-        device; ``params_elsewhere`` counts the others), its snapshot, each parameter's group bin (groups added
-        after construction share one extra bin) and replica shares. The ring goes on the device of the first
+        device; ``params_elsewhere`` counts the others), its snapshot, the groups with columns (``n_groups``,
+        which only grows), each parameter's group bin (groups beyond ``group_capacity`` share one extra bin)
+        and replica shares. The ring goes on the device of the first
         trainable parameter (the CPU while there is none), and a meter that has measured nothing yet follows it
         there (one built while every parameter was frozen)."""
         self._layout = _layout(self.optimizer)
@@ -333,8 +334,8 @@ class StepMeter:
             torch.empty_like(p, dtype=p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32)
             for p in map(_local, self.params)
         ]
-        # built by fill kernels, not uploaded from the host (a blocking copy on CUDA): this may run in the step path
         self.n_groups = max(self.n_groups, min(len(self.optimizer.param_groups), self.group_capacity))
+        # built by fill kernels, not uploaded from the host (a blocking copy on CUDA): this may run in the step path
         self._param_group = _runs([min(param_groups[i], self.group_capacity) for i in here], torch.long, self.device)
         counts = [replicas(p) for p in self.params] if self._group is not None else []
         # each rank's share of a replicated shard's sums (None: every element is held once)

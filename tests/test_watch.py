@@ -423,16 +423,16 @@ def test_fit_state_tells_which_fit_loaded_state_belongs_to():
     state = FitState()
     state._state_loaded()  # restored before on_fit_start (most strategies): this fit resumes
     assert state._fit_starts() and state._in_fit
-    state._stage_ends()
+    state.teardown(None, None, "fit")
     state._fit_starts()
     state._state_loaded()  # restored after on_fit_start (FSDP, ModelParallel, DeepSpeed): applied at once ...
-    state._stage_ends()
+    state.teardown(None, None, "fit")
     assert not state._fit_starts()  # ... and not carried into the next fit
-    state._stage_ends()
+    state.teardown(None, None, "fit")
     state._state_loaded()  # restored by validate/test/predict(ckpt_path=...): no fit follows from it
-    state._stage_ends()
+    state.teardown(None, None, "validate")
     assert not state._fit_starts()
-    state._stage_ends()  # a fit that failed (on_exception ends it: Lightning calls no teardown then) ...
+    state.on_exception(None, None, RuntimeError())  # a fit that failed (Lightning calls no teardown then) ...
     state._state_loaded()  # ... and the fit that resumes from a checkpoint afterwards
     assert state._fit_starts()
 

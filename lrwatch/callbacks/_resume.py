@@ -10,9 +10,9 @@ from __future__ import annotations
 
 
 class FitState:
-    """Mixin: call `_fit_starts` first thing in ``on_fit_start``, `_state_loaded` at the end of
-    ``load_state_dict`` and `_stage_ends` in ``teardown`` and ``on_exception`` (after an exception Lightning
-    calls no teardown).
+    """Mixin (before ``Callback`` in the bases): call `_fit_starts` first thing in ``on_fit_start`` and
+    `_state_loaded` at the end of ``load_state_dict``; its ``teardown`` and ``on_exception`` (after an
+    exception Lightning calls no teardown) end the stage, so a callback that overrides them calls ``super()``.
 
     State loaded before ``on_fit_start`` is this fit's (`_fit_starts` says so); state loaded during a fit (after
     ``on_fit_start``) must be applied at once, which `_in_fit` tells ``load_state_dict``; state loaded by a stage
@@ -30,5 +30,8 @@ class FitState:
     def _state_loaded(self) -> None:
         self._loaded_for_fit = not self._in_fit
 
-    def _stage_ends(self) -> None:
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._in_fit = self._loaded_for_fit = False
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._in_fit = self._loaded_for_fit = False

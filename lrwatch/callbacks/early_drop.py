@@ -255,13 +255,13 @@ class EarlyStepDrop(FitState, Callback):
         self._log_transients(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._stage_ends()  # Lightning calls no teardown after an exception
+        super().on_exception(trainer, pl_module, exception)
         if self._watch is self._own_watch:
             self._own_watch.on_exception(trainer, pl_module, exception)
 
     def teardown(self, trainer, pl_module, stage) -> None:
+        super().teardown(trainer, pl_module, stage)
         self._own_watch.teardown(trainer, pl_module, stage)
-        self._stage_ends()
 
     # -- actions ---------------------------------------------------------------------------------
     def _last_analyzed(self) -> int | None:

@@ -153,12 +153,6 @@ class StabilityProbe(FitState, Callback):
         if not self._fit_starts():
             self._start_run()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._stage_ends()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._stage_ends()  # Lightning calls no teardown after an exception
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.loss_fn is None and not pl_module.automatic_optimization:
             raise ValueError(

@@ -210,9 +210,9 @@ class LRWatch(FitState, Callback):
         self._loss_sum: torch.Tensor | None = None
         self._loss_batches = 0
         self._announced: set[tuple[str, str, int]] = set()  # (optimizer, kind, start) already warned about
-        self._meter_warned: set[tuple[str, str]] = set()  # (optimizer, what) warned about this fit: added groups, devices
+        self._meter_warned: set[tuple[str, str]] = set()  # (optimizer, what) warned about this fit: groups, devices
         self._trainer = None
-        self._restored: dict = {}  # analyzer states from a checkpoint, for the fit that resumes from it
+        self._restored: dict = {}  # per optimizer, what a checkpoint held (`state_dict`), for the fit resuming from it
 
     # -- results ---------------------------------------------------------------------------------
     @property
@@ -329,7 +329,7 @@ class LRWatch(FitState, Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """Flush what was measured before an exception or an interrupt ended the fit: its last steps (up to a
         ring's worth, often the most telling, such as a divergence's) would otherwise never be logged."""
-        self._stage_ends()  # Lightning calls no teardown after an exception
+        super().on_exception(trainer, pl_module, exception)
         try:
             self._publish(trainer, final=True)
         except Exception as error:  # e.g. a failed device: the exception that ended the fit is the one to see
@@ -337,8 +337,8 @@ class LRWatch(FitState, Callback):
                            f"{error!r}")
 
     def teardown(self, trainer, pl_module, stage) -> None:
+        super().teardown(trainer, pl_module, stage)
         self._detach()
-        self._stage_ends()
 
     def _detach(self) -> None:
         for w in self._watched:
