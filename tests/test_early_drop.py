@@ -365,7 +365,7 @@ def test_resume_in_the_middle_of_momentum_damping_restores_the_momentum_on_time(
      ({"momentum": "nesterov"}, "momentum"), ({"damp_beta": 1.0}, "damp_beta"), ({"damp_steps": 0}, "damp_steps"),
      ({"optimizer_index": -1}, "optimizer_index"), ({"decide_every": 0}, "decide_every"), ({"watch": 5}, "watch"),
      ({"watch": {"flush_every": 0}}, "flush_every"), ({"plateau_progress": float("nan")}, "plateau_progress"),
-     ({"plateau_progress": "flat"}, "plateau_progress")],
+     ({"plateau_progress": "flat"}, "plateau_progress"), ({"couple_weight_decay": "no"}, "couple_weight_decay")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):

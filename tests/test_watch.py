@@ -166,7 +166,8 @@ def test_no_optimizer_warns_and_does_not_crash():
     "kwargs, name",
     [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),
      ({"thresholds": "high"}, "thresholds"), ({"thresholds": {"windw": 50}}, "windw"), ({"keep_records": 0}, "keep_records"),
-     ({"warn_gap": 0}, "warn_gap"), ({"group_series": 0}, "group_series"), ({"group_series": 2.0}, "group_series")],
+     ({"warn_gap": 0}, "warn_gap"), ({"group_series": 0}, "group_series"), ({"group_series": 2.0}, "group_series"),
+     ({"log": "False"}, "log"), ({"warn": None}, "warn"), ({"diagnose": 0}, "diagnose")],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 from lrwatch import schedule_control as control
 from lrwatch import tags
-from lrwatch._checks import require_int
+from lrwatch._checks import require_bool, require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.callbacks._resume import FitState
@@ -114,7 +114,8 @@ class EarlyStepDrop(FitState, Callback):
         self.plateau_progress = None if plateau_progress is None else float(plateau_progress)
         self.max_drops, self.max_hold, self.momentum = max_drops, max_hold, momentum
         self.damp_beta, self.damp_steps = float(damp_beta), damp_steps
-        self.couple_weight_decay, self.optimizer_index, self.decide_every = couple_weight_decay, optimizer_index, decide_every
+        self.couple_weight_decay = require_bool("couple_weight_decay", couple_weight_decay)
+        self.optimizer_index, self.decide_every = optimizer_index, decide_every
         self._watch_options = dict(watch or {})
         self._own_watch = LRWatch(**{"warn": False, "log": False, **self._watch_options})  # validates `watch` now
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lrwatch import tags
-from lrwatch._checks import require_int
+from lrwatch._checks import require_bool, require_int
 from lrwatch._lightning import Callback, rank_zero_warn
 from lrwatch.callbacks._logging import log_metrics, summary_writers
 from lrwatch.callbacks._resume import FitState
@@ -197,11 +197,11 @@ class LRWatch(FitState, Callback):
             raise ValueError(f"thresholds must be a dict of Analyzer keyword arguments, got {thresholds!r}")
         self.flush_every = flush_every
         self.every_n_steps = every_n_steps
-        self.diagnose = bool(diagnose)
-        self.warn = bool(warn)
+        self.diagnose = require_bool("diagnose", diagnose)
+        self.warn = require_bool("warn", warn)
         self.warn_gap = warn_gap
         # not `self.log`: Lightning sets every callback's `log` to the LightningModule's `log` method at setup
-        self.writes_logs = bool(log)
+        self.writes_logs = require_bool("log", log)
         self.thresholds = dict(thresholds or {})
         self.keep_records = keep_records
         self.group_series = group_series
