@@ -27,8 +27,9 @@ SERIES = ("displacement", "lr", "grad_norm", "loss", "descent", "momentum")
 _CHECKPOINT_FIELDS = tuple(f.name for f in dataclasses.fields(Checkpoint))
 
 
-def cache_path() -> Path:
-    return CACHE_DIR / f"corpus_v{CORPUS_VERSION}.npz"
+def cache_path(seed_offset: int = 0) -> Path:
+    suffix = f"_seeds+{seed_offset}" if seed_offset else ""
+    return CACHE_DIR / f"corpus_v{CORPUS_VERSION}{suffix}.npz"
 
 
 def labelling_constants() -> dict[str, float]:
@@ -98,15 +99,16 @@ def load_corpus(path: Path, specs: list[RunSpec]) -> tuple[list[RunRecord], floa
     return records, header["generation_seconds"]
 
 
-def corpus(rebuild: bool = False, progress=None) -> tuple[list[RunRecord], float, bool]:
-    """The corpus: (records, generation seconds, whether it was built now), from the cache unless
-    ``rebuild`` or the cache is stale."""
-    specs = corpus_specs()
-    cached = None if rebuild else load_corpus(cache_path(), specs)
+def corpus(rebuild: bool = False, progress=None, seed_offset: int = 0) -> tuple[list[RunRecord], float, bool]:
+    """The corpus of ``corpus_specs(seed_offset)``: (records, generation seconds, whether it was built
+    now), from the cache unless ``rebuild`` or the cache is stale."""
+    specs = corpus_specs(seed_offset)
+    path = cache_path(seed_offset)
+    cached = None if rebuild else load_corpus(path, specs)
     if cached is not None:
         return cached[0], cached[1], False
     started = time.perf_counter()
     records = build_corpus(specs, progress=progress)
     seconds = time.perf_counter() - started
-    save_corpus(records, cache_path(), seconds)
+    save_corpus(records, path, seconds)
     return records, seconds, True

@@ -2,12 +2,14 @@
 
     python benchmarks/diagnosis_corpus.py [--rebuild] [--runs-summary] [--json FILE]
 
-Builds (or loads from ``benchmarks/_cache/``) about fifty plain-torch runs on six bundled or generated
+Builds (or loads from ``benchmarks/_cache/``) fifty plain-torch runs on six bundled or generated
 scikit-learn tasks — SGD, SGD+momentum, Adam, AdamW under constant, StepLR and ExponentialLR schedules
 at sensible, too-high, too-aggressive and diverging settings — with every optimizer step measured and
-counterfactual labels at checkpoints (see ``corpus_runs``). Then scores ``lrwatch.analyze`` against
-the ground truth, separately on a tuning split and on a held-out split (whole seeds and a whole task,
-``corpus_specs.HELD_OUT_*``), and prints the figures beside their goals.
+counterfactual labels at checkpoints (see ``corpus_runs``), and the same fifty again on other seeds.
+Then scores ``lrwatch.analyze`` against the ground truth on three splits and prints the figures
+beside their goals: *tuning* (the runs the thresholds were chosen on), *held-out* (whole seeds and a
+whole task, ``corpus_specs.HELD_OUT_*``: scored after every change, so no longer unseen) and *fresh*
+(the fifty runs on seeds shifted by ``corpus_specs.FRESH_SEED_OFFSET``, never used to choose anything).
 
 ``--json FILE`` saves per-run series, labels and predictions for whoever tunes the detector;
 ``--runs-summary`` lists the runs with their label counts.
@@ -25,13 +27,13 @@ import sys
 import corpus_scoring as scoring
 from corpus_cache import cache_path, corpus, labelling_constants
 from corpus_runs import RunRecord
-from corpus_specs import is_held_out
+from corpus_specs import FRESH_SEED_OFFSET, split_of as spec_split
 
-SPLITS = ("tuning", "held-out")
+SPLITS = ("tuning", "held-out", "fresh")
 
 
 def split_of(record: RunRecord) -> str:
-    return "held-out" if is_held_out(record.spec) else "tuning"
+    return spec_split(record.spec)
 
 
 def _print_progress(i: int, record: RunRecord, seconds: float) -> None:
@@ -167,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="save per-run series, labels and predictions")
     args = parser.parse_args(argv)
 
-    records, seconds, built = corpus(rebuild=args.rebuild, progress=_print_progress)
-    print(f"corpus: {len(records)} runs, generated in {seconds:.1f} s on 1 thread "
-          f"({'built now' if built else 'cached'}: {cache_path()})")
+    records, seconds = [], 0.0
+    for offset in (0, FRESH_SEED_OFFSET):
+        part, part_seconds, built = corpus(rebuild=args.rebuild, progress=_print_progress, seed_offset=offset)
+        print(f"corpus (seeds +{offset}): {len(part)} runs, generated in {part_seconds:.1f} s on 1 thread "
+              f"({'built now' if built else 'cached'}: {cache_path(offset)})")
+        records, seconds = records + part, seconds + part_seconds
     print("labelling: " + ", ".join(f"{k}={v:g}" for k, v in labelling_constants().items()))
     groups = {split: [r for r in records if split_of(r) == split] for split in SPLITS}
     print_label_counts({**groups, "all": records})

@@ -194,3 +194,16 @@ def test_scores_of_a_detector_that_flags_everything(runs):
     assert (score.diverging_caught.hits, score.diverging_caught.total) == (1, 1)
     assert score.diverging_lead_steps == [1]
     assert score.diverging_false_alarms.hits == 3
+
+
+def test_fresh_corpus_repeats_every_run_on_shifted_seeds_and_is_its_own_split():
+    from corpus_specs import FRESH_SEED_OFFSET, N_SEEDS, corpus_specs, split_of
+
+    base, fresh = corpus_specs(), corpus_specs(FRESH_SEED_OFFSET)
+    assert FRESH_SEED_OFFSET >= N_SEEDS
+    assert [s.seed + FRESH_SEED_OFFSET for s in base] == [s.seed for s in fresh]
+    assert [s.name.rsplit("/", 1)[0] for s in base] == [s.name.rsplit("/", 1)[0] for s in fresh]
+    assert {split_of(s) for s in fresh} == {"fresh"}
+    assert {split_of(s) for s in base} == {"tuning", "held-out"}
+    assert split_of(next(s for s in base if s.seed == 2)) == "held-out"
+    assert split_of(next(s for s in base if s.task == "moons")) == "held-out"
