@@ -18,6 +18,16 @@ the share an oracle reaches that knows the condition and picks the best t of eac
 never drops a tuned one); with ``--two-drops`` also the same oracle allowed two drops t1 < t2 (EarlyStepDrop
 may take up to ``max_drops`` = 3). A causal policy sees one run and must tell the two conditions apart from
 it: where no single t serves both conditions, the goals hinge on that distinction.
+
+It also scores a family of causal policies with more information than any callback has: *plateau
+rules on the exact full-data loss*. A rule decides at the steps t of ``--drops`` (every 50 steps at
+the defaults, as EarlyStepDrop's ``decide_every``) from the fixed run's full-data losses evaluated up
+to t, and drops at the first t where the loss's relative fall over the last K steps is below θ (two
+statistics, every K of ``RULE_HORIZONS`` and θ of ``RULE_THRESHOLDS``); the outcome of that drop is
+the moved-drop run at t, measured above (until its first drop a policy's run is the fixed run). The
+thresholds are chosen here on the evaluation cases themselves, so the frontier printed (the most
+too-high cases any rule serves while keeping a given number of tuned runs) is an upper bound for a
+plateau rule on the minibatch loss, which sees the same trend through minibatch noise.
 """
 
 from __future__ import annotations
@@ -25,8 +35,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import time
 
+import numpy as np
 import torch
 
 from closed_loop import STEPS_GOAL, TUNED_TOLERANCE
@@ -39,6 +51,13 @@ from corpus_tasks import load_task
 #: condition uses those before its own drop at 300).
 DEFAULT_DROPS = (50, 100, 150, 200, 250, 300, 350, 400)
 DROP_FRACTION = {"too_high": LATE_DROP_FRACTION, "tuned": TUNED_DROP_FRACTION}
+#: Plateau rules: horizons K (steps) and thresholds θ on the full-data loss's relative fall.
+RULE_HORIZONS = (50, 100, 150, 200)
+RULE_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+#: How a plateau rule measures the fall over the last K steps (evaluations at steps ≤ t only):
+#: "mean": the mean over (t − K/2, t] against the mean over (t − K, t − K/2];
+#: "best": the lowest over (t − K, t] against the lowest before it (ReduceLROnPlateau's test).
+RULE_STATISTICS = ("mean", "best")
 
 
 def _outcome(result: ArmResult, condition: str, target: float, plateau: float | None) -> dict:
@@ -73,7 +92,46 @@ def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...]
     moved_twice = {f"{a},{b}": _outcome(arm("milestones", (a, b)), condition, target, plateau) for a, b in pairs}
     return {"setup": setup.name, "condition": condition, "seed": seed, "lr": lr, "fixed_final": target,
             "plateau_ratio": None if plateau is None else plateau / target, "moved": moved,
-            "moved_twice": moved_twice}
+            "moved_twice": moved_twice, "unmoved": _outcome(fixed, condition, target, plateau),
+            "fixed_eval_steps": fixed.eval_steps.tolist(), "fixed_eval_losses": fixed.eval_losses.tolist()}
+
+
+def recent_fall(steps: np.ndarray, losses: np.ndarray, t: int, horizon: int, statistic: str) -> float:
+    """Relative fall of the full-data loss over the ``horizon`` steps up to step ``t`` (``RULE_STATISTICS``);
+    ``steps``/``losses``: shape (n_evals,), only evaluations at steps ≤ t are read. NaN when the loss is
+    not finite there."""
+    if statistic == "mean":
+        earlier = losses[(steps > t - horizon) & (steps <= t - horizon // 2)].mean()
+        later = losses[(steps > t - horizon // 2) & (steps <= t)].mean()
+    else:
+        earlier = losses[steps <= t - horizon].min()
+        later = losses[(steps > t - horizon) & (steps <= t)].min()
+    with np.errstate(invalid="ignore"):
+        return float((earlier - later) / earlier) if np.isfinite(earlier) and np.isfinite(later) else math.nan
+
+
+def plateau_rule_meets(case: dict, statistic: str, horizon: int, threshold: float) -> bool:
+    """Whether the case meets its goals under the plateau rule: the drop at the first step t of its moved
+    drops with t ≥ ``horizon`` and a recent fall below ``threshold`` (NaN: no drop), else the fixed run's outcome."""
+    steps, losses = np.asarray(case["fixed_eval_steps"]), np.asarray(case["fixed_eval_losses"])
+    for t in sorted(case["moved"]):
+        if t >= horizon and recent_fall(steps, losses, t, horizon, statistic) < threshold:
+            return case["moved"][t]["meets"]
+    return case["unmoved"]["meets"]
+
+
+def plateau_rule_frontier(cases: list[dict]) -> list[tuple[int, int, str]]:
+    """(too-high cases met, tuned cases met, rule) for the plateau rules no other rule beats on both
+    conditions, most tuned runs kept first."""
+    scores = {}
+    for statistic, horizon, threshold in itertools.product(RULE_STATISTICS, RULE_HORIZONS, RULE_THRESHOLDS):
+        met = {condition: sum(plateau_rule_meets(c, statistic, horizon, threshold)
+                              for c in cases if c["condition"] == condition) for condition in ("too_high", "tuned")}
+        key = (met["too_high"], met["tuned"])
+        scores.setdefault(key, f"{statistic}, K={horizon}, θ={threshold:g}")
+    front = [(h, u, rule) for (h, u), rule in scores.items()
+             if not any(h2 >= h and u2 >= u and (h2, u2) != (h, u) for h2, u2 in scores)]
+    return sorted(front, key=lambda x: (-x[1], -x[0]))
 
 
 def case_table(cases: list[dict], condition: str, drops: tuple[int, ...]) -> str:
@@ -112,6 +170,11 @@ def summary_lines(cases: list[dict], drops: tuple[int, ...]) -> list[str]:
             both = [any(m["meets"] for m in (*c["moved"].values(), *c["moved_twice"].values())) for c in high]
             lines.append(f"- the same oracle with up to two drops (any t1 < t2 of the steps): too-high "
                          f"{sum(both)}/{len(both)}")
+    if high and tuned:
+        lines.append("- plateau rules on the exact full-data loss (thresholds chosen on these cases; the best a rule "
+                     "reaches for each number of tuned runs it keeps):")
+        lines += [f"  - too-high {h}/{len(high)}, tuned {u}/{len(tuned)}: {rule}" for h, u, rule in
+                  plateau_rule_frontier(cases)]
     return lines
 
 

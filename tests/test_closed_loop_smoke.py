@@ -57,3 +57,46 @@ def test_the_oracle_study_runs_and_scores_moved_drops(tmp_path, capsys):
     assert set(cases["tuned"]["moved"]) == {"100", "200"} and cases["tuned"]["moved_twice"] == {}
     printed = capsys.readouterr().out
     assert "oracle (knows the condition" in printed and "up to two drops" in printed
+    assert "plateau rules on the exact full-data loss" in printed
+    assert all(len(c["fixed_eval_losses"]) == len(c["fixed_eval_steps"]) for c in cases.values())
+
+
+def _falling_then_flat(flat_from: int) -> tuple[np.ndarray, np.ndarray]:
+    """Full-data losses every 10 steps over 300 steps: halving every 10 steps until ``flat_from``, then flat."""
+    steps = np.arange(0, 301, 10)
+    return steps, 0.5 ** (np.minimum(steps, flat_from) / 10)
+
+
+def test_recent_fall_reads_only_the_window_up_to_t():
+    from closed_loop_oracle import recent_fall
+
+    steps, losses = _falling_then_flat(flat_from=100)
+    # mean over (50, 100] against (0, 50]: steps 60..100 and 10..50, each falling 2x a sample
+    expected = 1 - (0.5 ** np.arange(6, 11)).mean() / (0.5 ** np.arange(1, 6)).mean()
+    assert recent_fall(steps, losses, 100, 100, "mean") == pytest.approx(expected, rel=1e-12)
+    assert recent_fall(steps, losses, 200, 100, "mean") == 0.0
+    # best over (100, 200] against the best up to 100: both the flat level
+    assert recent_fall(steps, losses, 200, 100, "best") == 0.0
+    assert recent_fall(steps, losses, 100, 50, "best") == pytest.approx(1 - 0.5**5, rel=1e-12)
+    later_changed = losses.copy()
+    later_changed[steps > 150] = np.nan
+    for statistic in ("mean", "best"):
+        assert recent_fall(steps, later_changed, 150, 100, statistic) == recent_fall(steps, losses, 150, 100, statistic)
+    assert np.isnan(recent_fall(steps, later_changed, 250, 100, "mean"))
+
+
+def test_a_plateau_rule_drops_at_its_first_flat_decision_step_and_is_scored_by_that_run():
+    from closed_loop_oracle import plateau_rule_frontier, plateau_rule_meets
+
+    steps, losses = _falling_then_flat(flat_from=100)
+    case = {"condition": "too_high", "fixed_eval_steps": steps.tolist(), "fixed_eval_losses": losses.tolist(),
+            "moved": {50: {"meets": False}, 150: {"meets": True}, 250: {"meets": False}},
+            "unmoved": {"meets": False}}
+    assert plateau_rule_meets(case, "mean", 50, 0.01)  # still falling at 50, flat by 150
+    assert not plateau_rule_meets(case, "mean", 50, 2.0)  # any fall is "flat": drops at 50
+    assert not plateau_rule_meets(case, "mean", 200, 0.01)  # first decision at 250
+    assert not plateau_rule_meets(case, "best", 50, -1.0)  # never flat enough: the fixed run's outcome
+    tuned = {**case, "condition": "tuned", "moved": {50: {"meets": False}, 150: {"meets": False}},
+             "unmoved": {"meets": True}}
+    front = plateau_rule_frontier([case, tuned])
+    assert [(h, u) for h, u, _ in front] == [(0, 1), (1, 0)]
