@@ -166,6 +166,9 @@ class RunRecord:
     first_nonfinite: int | None
     divergence_step: int | None
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    #: Per checkpoint, its labels again on independent minibatch windows (``train_run(redraws=...)``;
+    #: the label-consistency study). Not cached.
+    redrawn: list[list[Checkpoint]] = field(default_factory=list)
 
     @property
     def blew_up(self) -> bool:
@@ -300,9 +303,16 @@ def _first(mask: np.ndarray) -> int | None:
     return int(np.argmax(mask)) if mask.any() else None
 
 
-def train_run(spec: RunSpec, labelling: Labelling = Labelling()) -> RunRecord:
+def redraw_window(spec: RunSpec, n_samples: int, batch_size: int, window: int, step: int, draw: int) -> np.ndarray:
+    """The ``draw``-th independent window of ``window`` minibatches for relabelling checkpoint ``step`` of
+    ``spec``: shape (window, batch_size), from its own seed, unrelated to the run's own sequence."""
+    return minibatch_indices(n_samples, batch_size, window, np.random.SeedSequence([spec.seed, step, draw, 7919]))
+
+
+def train_run(spec: RunSpec, labelling: Labelling = Labelling(), redraws: int = 0) -> RunRecord:
     """Train ``spec`` with a plain loop, measuring every update and labelling every checkpoint that
-    comes before the run diverges."""
+    comes before the run diverges; with ``redraws`` each checkpoint is labelled that many times more,
+    each on an independent window (``redraw_window``), into ``RunRecord.redrawn``."""
     task = load_task(spec.task)
     n_steps = spec.length(task)
     batches = minibatch_indices(len(task.inputs), task.batch_size, n_steps + labelling.window, spec.seed)
@@ -313,6 +323,7 @@ def train_run(spec: RunSpec, labelling: Labelling = Labelling()) -> RunRecord:
     series = np.full((6, n_steps), np.nan)  # displacement, lr, grad_norm, loss, descent, momentum
     checkpoints = set(labelling.checkpoints(n_steps))
     labels: list[Checkpoint] = []
+    redrawn: list[list[Checkpoint]] = []
     diverged = False
     with np.errstate(all="ignore"):
         for t in range(n_steps):
@@ -325,6 +336,11 @@ def train_run(spec: RunSpec, labelling: Labelling = Labelling()) -> RunRecord:
             if t in checkpoints and not diverged:
                 window = batches[t + 1 : t + 1 + labelling.window]
                 labels.append(label_checkpoint(task, spec, model, optimizer, scheduler, t, window, start_loss))
+                if redraws:
+                    redrawn.append([label_checkpoint(task, spec, model, optimizer, scheduler, t,
+                                                     redraw_window(spec, len(task.inputs), task.batch_size,
+                                                                   labelling.window, t, k), start_loss)
+                                    for k in range(redraws)])
     displacement, lr, grad_norm, loss, descent, momentum = series
     return RunRecord(
         spec=spec,
@@ -339,4 +355,5 @@ def train_run(spec: RunSpec, labelling: Labelling = Labelling()) -> RunRecord:
         first_nonfinite=_first(~np.isfinite(series[:4]).all(axis=0)),
         divergence_step=_first(_divergent(loss, displacement, start_loss)),
         checkpoints=labels,
+        redrawn=redrawn,
     )

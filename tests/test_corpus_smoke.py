@@ -207,3 +207,43 @@ def test_fresh_corpus_repeats_every_run_on_shifted_seeds_and_is_its_own_split():
     assert {split_of(s) for s in base} == {"tuning", "held-out"}
     assert split_of(next(s for s in base if s.seed == 2)) == "held-out"
     assert split_of(next(s for s in base if s.task == "moons")) == "held-out"
+
+
+def test_redrawn_labels_come_from_other_batches_and_leave_the_run_alone(runs):
+    record = train_run(STEP_RUN, SHORT, redraws=2)
+    plain = runs[STEP_RUN]
+    for name in ("displacement", "loss", "lr", "descent"):
+        np.testing.assert_array_equal(getattr(record, name), getattr(plain, name))
+    assert record.checkpoints == plain.checkpoints and plain.redrawn == []
+    assert len(record.redrawn) == len(record.checkpoints) and all(len(r) == 2 for r in record.redrawn)
+    assert [c.step for c in record.checkpoints] == [r[0].step for r in record.redrawn]
+    task = load_task(STEP_RUN.task)
+    own = corpus_runs.minibatch_indices(len(task.inputs), task.batch_size, 40 + SHORT.window, STEP_RUN.seed)
+    windows = [corpus_runs.redraw_window(STEP_RUN, len(task.inputs), task.batch_size, SHORT.window, 10, k)
+               for k in range(2)]
+    assert windows[0].shape == (SHORT.window, task.batch_size)
+    assert not np.array_equal(windows[0], windows[1]) and not np.array_equal(windows[0], own[11:11 + SHORT.window])
+    np.testing.assert_array_equal(windows[0], corpus_runs.redraw_window(
+        STEP_RUN, len(task.inputs), task.batch_size, SHORT.window, 10, 0))
+    # the redrawn keep branch trains the same state on other batches: its loss differs from the corpus's
+    assert any(r[0].loss_keep != c.loss_keep for c, r in zip(record.checkpoints, record.redrawn))
+
+
+def test_label_consistency_figures_against_a_hand_count():
+    from label_consistency import consistency
+
+    labels = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]], dtype=bool)
+    figures = consistency(labels)
+    assert figures["checkpoints"] == 5 and figures["corpus positives"] == 3
+    assert figures["all labels agree"] == pytest.approx(2 / 5)
+    # draw 1: positives rows 0, 2, 4 -> corpus & d = rows 0, 4; draw 2: rows 0, 2 -> row 0
+    assert figures["corpus labels' precision on other batches"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert figures["corpus labels' recall on other batches"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # at least half the redraws positive -> rows 0, 2, 4; corpus positive among them: 0, 4
+    assert figures["informed (half) precision"] == pytest.approx(2 / 3)
+    assert figures["informed (half) recall"] == pytest.approx(2 / 3)
+    # all redraws positive -> rows 0, 2; corpus positive among them: 0
+    assert figures["informed (all) precision"] == pytest.approx(1 / 2)
+    assert figures["informed (all) recall"] == pytest.approx(1 / 3)
+    empty = consistency(np.zeros((0, 1), dtype=bool))
+    assert empty["checkpoints"] == 0 and np.isnan(empty["informed (all) precision"])
