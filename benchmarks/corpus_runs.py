@@ -306,7 +306,7 @@ def _first(mask: np.ndarray) -> int | None:
 def redraw_window(spec: RunSpec, n_samples: int, batch_size: int, window: int, step: int, draw: int) -> np.ndarray:
     """The ``draw``-th independent window of ``window`` minibatches for relabelling checkpoint ``step`` of
     ``spec``: shape (window, batch_size), from its own seed, unrelated to the run's own sequence."""
-    return minibatch_indices(n_samples, batch_size, window, np.random.SeedSequence([spec.seed, step, draw, 7919]))
+    return minibatch_indices(n_samples, batch_size, window, np.random.SeedSequence([spec.seed, step, draw]))
 
 
 def train_run(spec: RunSpec, labelling: Labelling = Labelling(), redraws: int = 0) -> RunRecord:
