@@ -154,6 +154,40 @@ def test_hold_postpones_a_step_drop_within_its_budget():
     np.testing.assert_allclose(lrs, [1.0] * 9 + [0.5] * 5 + [0.25] * 5 + [0.125])
 
 
+class EpochScheduled(Scheduled):
+    """The scheduler at Lightning's default interval: stepped once an epoch."""
+
+    def configure_optimizers(self):
+        opt = self.make_optimizer(self.parameters())
+        return {"optimizer": opt, "lr_scheduler": self.make_scheduler(opt)}
+
+
+def _epoch_lrs(callback, epochs: int = 8) -> np.ndarray:
+    """The lr of every step of ``epochs`` epochs of 8 steps under StepLR(step_size=3 epochs, γ=0.5)."""
+    trace = LrTrace()
+    trainer = make_trainer([trace, callback], RecordingLogger(), max_steps=-1, max_epochs=epochs)
+    trainer.fit(EpochScheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5)),
+                digits_loader(batch_size=64))
+    return np.array(trace.lrs)
+
+
+def test_epoch_interval_step_lr_early_drop_moves_the_epoch_clock():
+    lrs = _epoch_lrs(ForcedDrop({12: "drop"}))
+    # Decided after 12 updates, 4 into epoch 1: the drop due at epoch 3 applies from update 12, and the clock
+    # stands at that boundary, so the next drop comes 3 epoch ends later, at epoch 4 (not 3 + 3 = 6).
+    expected = [1.0] * 12 + [0.5] * (32 - 12) + [0.25] * 24 + [0.125] * 8
+    np.testing.assert_allclose(lrs, expected)
+
+
+def test_epoch_interval_hold_budget_counts_optimizer_steps():
+    # The decrease due at the end of epoch 2 is undone from step 24 on (at every epoch end while held); after
+    # 12 held steps the hold is released (step 36) and the next epoch end takes it: epochs 5-7 run at 0.5.
+    lrs = _epoch_lrs(ForcedDrop({12: "hold"}, max_hold=12))
+    np.testing.assert_allclose(lrs, [1.0] * 40 + [0.5] * 24)
+    # with a budget longer than the run, nothing is taken (it used to count epochs: 4 meant 4 epochs)
+    np.testing.assert_allclose(_epoch_lrs(ForcedDrop({12: "hold"}, max_hold=100)), [1.0] * 64)
+
+
 @pytest.mark.parametrize("scheduler", [
     lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=50),
     lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1.0, total_steps=50),
@@ -343,6 +377,27 @@ def test_resume_after_a_crashed_fit_of_the_same_callback_goes_on_from_the_checkp
         ckpt_path=str(next(tmp_path.glob("*.ckpt"))))
     assert [(a.kind, a.step) for a in callback.actions] == [("drop", 8)] and callback._drops_taken == 1
     np.testing.assert_allclose(trace.lrs, [0.25] * 2 + [0.125] * 3)  # updates 26-30: after the drops at 8 and 18, and 28
+
+
+def test_resume_in_the_middle_of_an_epoch_interval_hold_keeps_its_budget(tmp_path):
+    def run(path, epochs, ckpt=None, save_every=None):
+        trace = LrTrace()
+        # a budget that runs out 2 steps before the epoch end where the released decrease is taken: a resumed
+        # run that did not count the steps since the last undo would release after it, an epoch later
+        callbacks = [trace, ForcedDrop({12: "hold"}, max_hold=14)]
+        if save_every:
+            callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=path, every_n_train_steps=save_every, save_top_k=-1))
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, callbacks=callbacks,
+                             enable_checkpointing=bool(save_every), enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(EpochScheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5)),
+                    digits_loader(batch_size=64), ckpt_path=ckpt)
+        return trace.lrs
+
+    straight = run(tmp_path / "a", 8)
+    first = run(tmp_path / "b", 4, save_every=28)  # saved 4 steps into the hold's budget (first undo: step 24)
+    second = run(tmp_path / "c", 8, ckpt=str(next((tmp_path / "b").glob("*step=28.ckpt"))))
+    np.testing.assert_allclose(first[:28] + second, straight)
+    np.testing.assert_allclose(straight, [1.0] * 40 + [0.5] * 24)
 
 
 def test_resume_in_the_middle_of_momentum_damping_restores_the_momentum_on_time(tmp_path):

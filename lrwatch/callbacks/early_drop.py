@@ -66,8 +66,10 @@ class EarlyStepDrop(FitState, Callback):
             diagnosis alone.
         min_lr: never drop any group below this lr.
         max_drops: at most this many early drops in a run.
-        max_hold: at most this many steps, in all, with scheduled decreases held back. No hold is started
-            after an early drop of its own (the drop said the lr was too high).
+        max_hold: at most this many optimizer steps, in all, with a scheduled decrease held back: counted
+            from the first decrease a hold undoes, whatever the scheduler's interval (an epoch-interval
+            StepLR's decrease is undone once an epoch, and each step until the next counts). No hold is
+            started after an early drop of its own (the drop said the lr was too high).
         momentum: at each drop, ``"keep"`` the momentum buffers, ``"reset"`` them to zero, or ``"damp"``:
             use β = ``damp_beta`` for ``damp_steps`` steps.
         couple_weight_decay: keep η·λ_w constant for optimizers with decoupled weight decay (AdamW).
@@ -133,6 +135,7 @@ class EarlyStepDrop(FitState, Callback):
         self._drops_taken = 0
         self._held_steps = 0
         self._holding = False
+        self._postponed = False  # this hold has undone a scheduled decrease: its steps count towards max_hold
         self._last_drop_step: int | None = None
         self._wd_base: list[tuple[float, float]] | None = None
         self._damping: control.MomentumDamping | None = None
@@ -236,8 +239,9 @@ class EarlyStepDrop(FitState, Callback):
         if self._holding:
             if self._held_steps >= self.max_hold:
                 self._apply(trainer, "release", step)
-            elif control.undo_last_decay(self._optimizer, self._scheduler, self._lrs_before):
-                self._held_steps += 1
+            else:
+                self._postponed |= control.undo_last_decay(self._optimizer, self._scheduler, self._lrs_before)
+                self._held_steps += self._postponed
         if self._lrs_before and step > 0:
             self._on_lr_change(self._lrs_before, step)
         if step % self.decide_every == 0 and step > 0 and step != self._last_decision_step:
@@ -278,7 +282,7 @@ class EarlyStepDrop(FitState, Callback):
             self._on_lr_change(before, step)
             reason = f"lr_too_high: next drop taken early (x{factor:.3g})"
         elif decision == "hold":
-            self._holding = True
+            self._holding, self._postponed = True, False
             reason = "decay_too_aggressive: scheduled decreases held back"
         else:
             self._holding = False
@@ -333,6 +337,7 @@ class EarlyStepDrop(FitState, Callback):
             "drops_taken": self._drops_taken,
             "held_steps": self._held_steps,
             "holding": self._holding,
+            "postponed": self._postponed,
             "last_drop_step": self._last_drop_step,
             "wd_base": self._wd_base,
             "factor": self._factor,
@@ -347,6 +352,7 @@ class EarlyStepDrop(FitState, Callback):
         self._drops_taken = state_dict["drops_taken"]
         self._held_steps = state_dict["held_steps"]
         self._holding = state_dict["holding"]
+        self._postponed = state_dict.get("postponed", False)  # absent from checkpoints written before it existed
         self._last_drop_step = state_dict["last_drop_step"]
         self._wd_base = state_dict["wd_base"]
         self._factor = state_dict["factor"]
