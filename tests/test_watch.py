@@ -162,6 +162,30 @@ def test_no_optimizer_warns_and_does_not_crash():
         _fit(NoOptimizer("sgd"), max_steps=3)
 
 
+def test_an_lr_search_before_the_fit_is_not_part_of_its_records():
+    from pytorch_lightning.tuner import Tuner
+
+    watch, logger = lrwatch.LRWatch(), RecordingLogger()
+    trainer = make_trainer([watch], logger, max_steps=12)
+    model = DigitsMLP("sgd", lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = Tuner(trainer).lr_find(model, train_dataloaders=digits_loader(batch_size=16), num_training=20)
+    trainer.fit(model, digits_loader(batch_size=16))
+    records = watch.records()
+    assert records.steps.tolist() == list(range(1, 13))  # the fit's 12 steps, none of the search's 20
+    np.testing.assert_allclose(records.lr[:, 0], found.suggestion())
+    assert logger.series("lrwatch/lr/SGD")[0].tolist() == list(range(1, 13))
+
+
+def test_records_before_any_fit_say_nothing_is_watched_yet():
+    watch = lrwatch.LRWatch()
+    assert watch.report is None and watch.names() == [] and watch.last_step() is None
+    for ask in (watch.records, watch.transients):
+        with pytest.raises(ValueError, match="watches no optimizer yet"):
+            ask()
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"flush_every": 0}, "flush_every"), ({"every_n_steps": -1}, "every_n_steps"), ({"flush_every": 2.5}, "flush_every"),

@@ -243,6 +243,8 @@ class LRWatch(FitState, Callback):
         return StepRecords.concatenate(watched.records, watched.meter.n_groups)
 
     def _find(self, name: str | None) -> _Watched:
+        if not self._watched:
+            raise ValueError("LRWatch watches no optimizer yet: records and transients exist once a fit has started")
         for w in self._watched:
             if name is None or w.name == name:
                 return w
