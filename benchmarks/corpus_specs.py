@@ -69,7 +69,7 @@ HELD_OUT_TASKS = frozenset({"moons"})
 
 N_SEEDS = 3
 #: The *fresh* corpus repeats every run with its seed shifted by this offset (seeds 10–12): runs
-#: first built in session 6, after the detector's thresholds were set, and never looked at while
+#: first built after the detector's thresholds were set, and never looked at while
 #: choosing them — unlike the held-out split, which was scored after every change.
 FRESH_SEED_OFFSET = 10
 
