@@ -15,10 +15,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from lrwatch.diagnosis import Report, analyze
-from lrwatch.tensorboard import RunSeries, Track, check_lr_tag, diagnoses_markdown, find_runs, read_run
+from lrwatch.tensorboard import (RunSeries, Track, check_lr_tag, diagnoses_markdown, find_runs, logged_actions,
+                                 read_run)
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -125,6 +126,9 @@ def _text(analyses: list[Analysis], empty_runs: dict[str, list[str]]) -> str:
         lines += [f"note: {n}" for n in a.track.notes]
         lines += [f"problem: {p}" for p in a.run.problems]
         lines.append(diagnoses_markdown(a.report))
+        actions = logged_actions(a.run)
+        if actions:
+            lines.append(f"EarlyStepDrop actions: {'; '.join(action.describe() for action in actions)}")
         blocks.append("\n".join(lines))
     for name, problems in empty_runs.items():
         blocks.append(f"== {name} ==\nno data: {'; '.join(problems)}")
@@ -144,6 +148,7 @@ def _json(analyses: list[Analysis], empty_runs: dict[str, list[str]]) -> str:
             steps=[int(a.track.steps[0]), int(a.track.steps[-1])],
             notes=list(a.track.notes),
             problems=list(a.run.problems),
+            actions=[asdict(action) for action in logged_actions(a.run)],
         )
         document[a.label] = entry
     for name, problems in empty_runs.items():
@@ -160,7 +165,7 @@ def _plot(analyses: list[Analysis], path: str) -> None:
     except ImportError as error:
         raise CommandError(f"--plot needs matplotlib ({error}); install it with: pip install 'lrwatch[plot]'")
     try:
-        plot_report([(a.label, a.track, a.report) for a in analyses], path)
+        plot_report([(a.label, a.track, a.report, logged_actions(a.run)) for a in analyses], path)
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot write plot {path!r}: {error}") from error
 

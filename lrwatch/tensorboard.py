@@ -157,6 +157,32 @@ class RunSeries:
     n_records: int
 
 
+@dataclass(frozen=True)
+class LoggedAction:
+    """An EarlyStepDrop action as a run logged it: the first optimizer step it affected, its kind ("drop",
+    "hold", "release", or the tag's last part for another kind) and the value logged (a drop: the lr after it)."""
+
+    step: int
+    kind: str
+    value: float
+
+    def describe(self) -> str:
+        after = f" (lr {self.value:.3g})" if self.kind == "drop" else ""
+        return f"{self.kind} at step {self.step}{after}"
+
+
+def logged_actions(run: RunSeries) -> list[LoggedAction]:
+    """The run's ``lrwatch/action/<kind>`` events in step order. EarlyStepDrop logs a hold as 1 and its release
+    as 0 on the same ``hold`` tag; they are told apart here."""
+    found = []
+    for tag, series in run.actions.items():
+        name = tag[len(tags.ACTION) + 1:]
+        for step, value in zip(series.steps.tolist(), series.values.tolist()):
+            kind = "release" if name == "hold" and value == 0 else name
+            found.append(LoggedAction(int(step), kind, float(value)))
+    return sorted(found, key=lambda a: (a.step, a.kind))
+
+
 def _held(series: Series, axis: np.ndarray, fill_before: bool = True) -> np.ndarray:
     """Values of a piecewise-constant series on ``axis``: the latest logged value at or before each step;
     before the first logged step its first value, or NaN without ``fill_before`` (a param group added

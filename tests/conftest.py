@@ -15,6 +15,17 @@ from lrwatch._lightning import Callback, pl
 torch.set_num_threads(1)
 
 
+class ForcedDrop(lrwatch.EarlyStepDrop):
+    """EarlyStepDrop that takes the given decisions at the given steps instead of reading diagnoses."""
+
+    def __init__(self, plan: dict[int, str], **kwargs):
+        super().__init__(decide_every=1, **kwargs)
+        self.plan = plan
+
+    def decide(self, report, step, last_analyzed):
+        return self.plan.get(step)
+
+
 def digits_loader(batch_size: int = 64, n: int = 512) -> DataLoader:
     """The first n of scikit-learn's bundled 8x8 digits, standardised; a fixed order (no shuffle)."""
     x, y = load_digits(return_X_y=True)

@@ -29,6 +29,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter
 
+import lrwatch
 from lrwatch import tags
 from lrwatch._lightning import Callback, pl
 from lrwatch.cli import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, main
@@ -42,7 +43,7 @@ from lrwatch.tensorboard import (
     read_runs,
     write_layout,
 )
-from tests.conftest import DigitsMLP, digits_loader, make_trainer
+from tests.conftest import DigitsMLP, ForcedDrop, digits_loader, make_trainer
 
 MAX_STEPS = 20
 
@@ -698,3 +699,35 @@ def test_diagnoses_markdown_keeps_to_the_latest_so_its_size_does_not_grow_with_t
     rows = diagnoses_markdown(held, latest=4).splitlines()[-4:]
     assert rows == ["| diverging | 120–(still active) | Stop. |"] + [
         f"| lr_too_high | {s}–{s + 50} | Drop. |" for s in (2700, 2800, 2900)]
+
+
+def test_the_report_lists_and_draws_early_step_drop_actions(capsys, tmp_path):
+    """A real fit whose EarlyStepDrop drops early, holds and releases: the actions in the text, the JSON and
+    the figure, at the steps they took effect (the lr the drop left is the lr LRWatch logged from that step)."""
+    model = DigitsMLP("sgd", lr=0.1, scheduler="step")  # StepLR(step_size=5, gamma=0.5), stepped every step
+    callbacks = [lrwatch.LRWatch(flush_every=7), ForcedDrop({3: "drop", 8: "hold", 14: "release"})]
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="acted", version="")
+    make_trainer(callbacks, logger, max_steps=MAX_STEPS).fit(model, digits_loader())
+
+    code, out, err = _run_cli(capsys, tmp_path)
+    assert (code, err) == (EXIT_OK, "")
+    assert "EarlyStepDrop actions: drop at step 4 (lr 0.05); hold at step 9; release at step 15" in out
+    code, out, _ = _run_cli(capsys, tmp_path, "--json")
+    actions = json.loads(out)["acted"]["actions"]
+    assert [(a["step"], a["kind"]) for a in actions] == [(4, "drop"), (9, "hold"), (15, "release")]
+    (track,) = read_runs(tmp_path)["acted"].tracks
+    lr = next(iter(track.lr.values()))
+    assert lr[list(track.steps).index(4)] == pytest.approx(actions[0]["value"])  # the step's logged lr
+
+    pytest.importorskip("matplotlib")
+    from lrwatch.plot import ACTION_LINES, plot_report
+    from lrwatch.tensorboard import logged_actions
+
+    run = read_runs(tmp_path)["acted"]
+    report = Report(Signature("constant", [], [], None, [], "lr"), [], MAX_STEPS)
+    for ax in plot_report([("acted", track, report, logged_actions(run))]).axes[:2]:
+        dotted = [(line.get_xdata()[0], line.get_color()) for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert dotted == [(4, ACTION_LINES["drop"]["color"]), (9, ACTION_LINES["hold"]["color"]),
+                          (15, ACTION_LINES["release"]["color"])]
+    with pytest.raises(ValueError, match="rows must be"):
+        plot_report([("acted", track, report, [("drop", 4)])])

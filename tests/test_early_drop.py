@@ -12,18 +12,7 @@ import lrwatch
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.signature import Signature
 from lrwatch._lightning import Callback, pl
-from tests.conftest import DigitsMLP, LateRestore, RecordingLogger, digits_loader, make_trainer
-
-
-class ForcedDrop(lrwatch.EarlyStepDrop):
-    """Takes the given decisions at the given steps instead of reading diagnoses."""
-
-    def __init__(self, plan: dict[int, str], **kwargs):
-        super().__init__(decide_every=1, **kwargs)
-        self.plan = plan
-
-    def decide(self, report, step, last_analyzed):
-        return self.plan.get(step)
+from tests.conftest import DigitsMLP, ForcedDrop, LateRestore, RecordingLogger, digits_loader, make_trainer
 
 
 class LrTrace(Callback):
