@@ -108,17 +108,39 @@ def test_a_decayed_lr_under_which_the_loss_still_falls_as_promised_is_decay_too_
     # lr 1 -> 0.1 at step 100, descent 0.015 x lr, loss falling 0.001 a step throughout. The first window of
     # 100 samples wholly after the drop ends at 199: the loss falls 0.001 a step, 67% of the descent 0.0015
     # (exactly: no residual, so any multiple of its standard error), and the lr is at 10% of its peak
+    # (the other lr-limited side, a fall far above the noise floor, switched off here: see the next test)
     t = np.arange(400)
     lr = np.where(t < 100, 1.0, 0.1)
     run = {"displacement": lr, "loss": 2.0 - 0.001 * t, "lr": lr, "descent": 0.015 * lr}
-    [d] = analyze(**run).diagnoses
+    efficiency_only = {"lr_limited_floor_multiple": 1e9}
+    [d] = analyze(**run, **efficiency_only).diagnoses
     assert (d.kind, d.start, d.end) == ("decay_too_aggressive", 199, None)
     assert d.evidence["lr_fraction"] == 0.1 and d.evidence["descent"] == pytest.approx(0.0015)
     assert d.evidence["loss_fall"] == pytest.approx(0.001) and "67% of what the steps promise" in d.message
-    assert analyze(**{**run, "loss": np.where(t < 100, 2.0 - 0.001 * t, 1.9)}).diagnoses == []  # stalled
+    stalled = {**run, "loss": np.where(t < 100, 2.0 - 0.001 * t, 1.9)}
+    assert analyze(**stalled).diagnoses == analyze(**stalled, **efficiency_only).diagnoses == []
     assert analyze(**{**run, "descent": 0.15 * lr}).diagnoses == []  # falls 7% of the promise: a noise floor
     assert analyze(**{k: v for k, v in run.items() if k != "descent"}).diagnoses == []  # unknown promise
-    assert analyze(**run, lr_limited_efficiency=0.7).diagnoses == []
+    assert analyze(**run, lr_limited_efficiency=0.7, **efficiency_only).diagnoses == []
+    # with both sides: from 169, where 100 steps of the fall (0.1) first exceed 60x the excess loss over the
+    # same window (30 samples at lr 1 and 70 at 0.1: mean descent 0.00555, excess 0.00139, 60x = 0.083)
+    [d] = analyze(**run).diagnoses
+    assert (d.kind, d.start) == ("decay_too_aggressive", 169)
+    assert d.evidence["excess_loss"] == pytest.approx(0.00555 / 4) and "72x the excess loss" in d.message
+
+
+def test_a_decayed_lr_under_which_the_loss_falls_far_above_its_noise_floor_is_decay_too_aggressive():
+    # descent 0.006 a step throughout: the loss's fall (0.001) is 17% of the promise, below
+    # lr_limited_efficiency, but 100 steps of it (0.1) are 67x the excess 0.006 / 4 (plain SGD)
+    t = np.arange(400)
+    lr = np.where(t < 100, 1.0, 0.1)
+    run = {"displacement": lr, "loss": 2.0 - 0.001 * t, "lr": lr, "descent": np.full(400, 0.006)}
+    [d] = analyze(**run).diagnoses
+    assert d.kind == "decay_too_aggressive" and d.start == 100  # the first decayed sample (the fall held from 99)
+    assert "17% of what the steps promise" in d.message and "67x the excess loss" in d.message
+    assert analyze(**run, lr_limited_floor_multiple=70).diagnoses == []
+    # with momentum 0.9 the same descent means a 10x larger excess: 6.7x, a noise floor
+    assert analyze(**run, momentum=np.full(400, 0.9)).diagnoses == []
 
 
 def test_an_lr_decayed_before_it_used_its_budget_is_decay_too_aggressive_from_the_first_sample_it_holds():

@@ -363,6 +363,23 @@ def test_log_false_writes_nothing_to_the_loggers_of_a_real_fit(tmp_path):
     assert not [tag for tag in written if "lrwatch" in tag or "custom_scalars" in tag]  # no scalar, text or layout
 
 
+def _assert_same_up_to_rounding(actual, expected, where="report"):
+    """Equal structure and values, floats to 1e-9 relative."""
+    assert type(actual) is type(expected), where
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same_up_to_rounding(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_same_up_to_rounding(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-9, nan_ok=True), where
+    else:
+        assert actual == expected, where
+
+
 def _checkpointed_fit(folder, watch, max_steps, ckpt=None, late=False):
     """DigitsMLP under SGD with a StepLR, checkpointed every 24 steps (3 epochs of the fixed-order loader)."""
     saver = pl.callbacks.ModelCheckpoint(dirpath=folder, every_n_train_steps=24, save_top_k=-1)
@@ -380,7 +397,10 @@ def test_a_resumed_fit_reports_as_the_uninterrupted_one(tmp_path, late):
     _checkpointed_fit(tmp_path / "first", lrwatch.LRWatch(flush_every=7), 24)
     resumed = _checkpointed_fit(tmp_path / "second", lrwatch.LRWatch(flush_every=7), 48,
                                 ckpt=next((tmp_path / "first").glob("*.ckpt")), late=late)
-    assert resumed.report.n_steps == 48 and resumed.report.to_dict() == straight.report.to_dict()
+    assert resumed.report.n_steps == 48
+    # equal but for the descent's last digits: a resumed meter starts without the polarization scale the straight
+    # one had re-aimed at its chunks, and that scale sets the rounding (not the value) of the descent
+    _assert_same_up_to_rounding(resumed.report.to_dict(), straight.report.to_dict())
     # a new fit with the same callback afterwards starts afresh
     again = _checkpointed_fit(tmp_path / "again", resumed, 24)
     assert again.report.n_steps == 24
