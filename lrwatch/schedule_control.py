@@ -165,9 +165,9 @@ class MomentumDamping:
             else:
                 self.saved.append(("", None))
 
-    def tick(self, optimizer) -> bool:
-        """Count one step; restore the coefficients when done. Returns True while still damping."""
-        self.steps -= 1
+    def tick(self, optimizer, steps: int = 1) -> bool:
+        """Count ``steps`` optimizer steps; restore the coefficients when done. Returns True while still damping."""
+        self.steps -= steps
         if self.steps > 0:
             return True
         for group, (key, value) in zip(optimizer.param_groups, self.saved or []):

@@ -143,6 +143,27 @@ def test_hold_postpones_a_step_drop_within_its_budget():
     np.testing.assert_allclose(lrs, [1.0] * 9 + [0.5] * 5 + [0.25] * 5 + [0.125])
 
 
+@pytest.mark.parametrize("plan, kwargs, scheduler_period", [
+    ({3: "hold"}, {"max_hold": 4}, 5),  # the hold budget
+    ({3: "drop"}, {"momentum": "damp", "damp_steps": 5}, 100),  # the damping's length
+])
+def test_gradient_accumulation_counts_optimizer_steps_not_batches(plan, kwargs, scheduler_period):
+    """Both used to count batch ends: with 4 batches an update, a 4-step hold held for one update and a 5-step
+    damping lasted two."""
+    def per_update(accumulate):
+        model = Scheduled(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=scheduler_period, gamma=0.5))
+        _, lrs, trace = _fit(model, ForcedDrop(plan, cooldown=0, **kwargs), 20, accumulate_grad_batches=accumulate)
+        return lrs[::accumulate], [g["momentum"] for g in trace.groups][::accumulate]
+
+    plain, accumulated = per_update(1), per_update(4)
+    np.testing.assert_allclose(accumulated[0], plain[0])
+    np.testing.assert_allclose(accumulated[1], plain[1])
+    if "damp_steps" in kwargs:
+        assert plain[1][3:8] == [0.5] * 5 and plain[1][8] == 0.9
+    else:
+        np.testing.assert_allclose(plain[0][:10], [1.0] * 9 + [0.5])
+
+
 class EpochScheduled(Scheduled):
     """The scheduler at Lightning's default interval: stepped once an epoch."""
 

@@ -147,6 +147,10 @@ def test_damping_restores_the_coefficients():
     assert opt.param_groups[0]["betas"] == (0.5, 0.99)
     assert damping.tick(opt) is True and damping.tick(opt) is False
     assert opt.param_groups[0]["betas"] == (0.9, 0.99)
+    several = control.MomentumDamping(0.5, 3)
+    several.apply(opt)
+    assert several.tick(opt, 2) is True and several.tick(opt, 2) is False  # a batch of two steps overshoots the end
+    assert opt.param_groups[0]["betas"] == (0.9, 0.99)
 
 
 def test_reset_momentum_zeroes_sgd_and_adam_buffers():

@@ -122,6 +122,7 @@ class EarlyStepDrop(FitState, Callback):
         self._own_watch = LRWatch(**{"warn": False, "log": False, **self._watch_options})  # validates `watch` now
 
         self._lrs_before: list[float] = []
+        self._steps_before = 0  # trainer.global_step at the current batch's start
         self._watch: LRWatch | None = None
         self._optimizer = self._scheduler = None
         self._acts = False
@@ -223,6 +224,7 @@ class EarlyStepDrop(FitState, Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._optimizer is not None:
             self._lrs_before = [g["lr"] for g in self._optimizer.param_groups]
+            self._steps_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._watch is self._own_watch:
@@ -230,18 +232,21 @@ class EarlyStepDrop(FitState, Callback):
         if not self._acts or self._optimizer is None:
             return
         step = trainer.global_step
+        # optimizer steps in this batch: 0 where it only accumulated gradients, more than one where a manual
+        # training_step stepped several times; the damping and the hold budget count steps, not batches
+        updates = step - self._steps_before
         if self._wd_base is not None:
             # a group added since (BaseFinetuning) is coupled from its own lr and weight decay, as first seen (before
             # any drop this step takes)
             self._wd_base += [(g["lr"], g["weight_decay"]) for g in self._optimizer.param_groups[len(self._wd_base):]]
-        if self._damping is not None and not self._damping.tick(self._optimizer):  # counts the update just done
+        if updates and self._damping is not None and not self._damping.tick(self._optimizer, updates):
             self._damping = None
-        if self._holding:
+        if updates and self._holding:
             if self._held_steps >= self.max_hold:
                 self._apply(trainer, "release", step)
             else:
                 self._postponed |= control.undo_last_decay(self._optimizer, self._scheduler, self._lrs_before)
-                self._held_steps += self._postponed
+                self._held_steps += self._postponed * updates
         if self._lrs_before and step > 0:
             self._on_lr_change(self._lrs_before, step)
         if step % self.decide_every == 0 and step > 0 and step != self._last_decision_step:
