@@ -164,6 +164,35 @@ def test_gradient_accumulation_counts_optimizer_steps_not_batches(plan, kwargs, 
         np.testing.assert_allclose(plain[0][:10], [1.0] * 9 + [0.5])
 
 
+def test_a_decision_is_taken_once_per_multiple_of_decide_every_that_a_batch_reaches():
+    """A manual training_step that steps twice a batch makes global_step jump by 2: every multiple of
+    decide_every=3 crossed is decided on (the steps were tested for being a multiple: only 6, 12, 18)."""
+    class TwoStepsABatch(DigitsMLP):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            for _ in range(2):
+                loss = torch.nn.functional.cross_entropy(self.net(x), y)
+                self.optimizers().zero_grad()
+                self.manual_backward(loss)
+                self.optimizers().step()
+
+    class Recording(lrwatch.EarlyStepDrop):
+        def decide(self, report, step, last_analyzed):
+            self.asked.append(step)
+
+    callback = Recording(decide_every=3)
+    callback.asked = []
+    make_trainer([callback], RecordingLogger(), max_steps=20).fit(TwoStepsABatch(), digits_loader(batch_size=16))
+    assert callback.asked == [4, 6, 10, 12, 16, 18]
+
+
 class EpochScheduled(Scheduled):
     """The scheduler at Lightning's default interval: stepped once an epoch."""
 

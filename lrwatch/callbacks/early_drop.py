@@ -141,7 +141,6 @@ class EarlyStepDrop(FitState, Callback):
         self._wd_base: list[tuple[float, float]] | None = None
         self._damping: control.MomentumDamping | None = None
         self._factor: float | None = None  # the drop factor in use: ``factor``, else the scheduler's γ, else 0.1
-        self._last_decision_step: int | None = None
 
     # -- decision (plain logic, no Lightning) ----------------------------------------------------
     def decide(self, report: Report | None, step: int, last_analyzed: int | None) -> str | None:
@@ -249,8 +248,7 @@ class EarlyStepDrop(FitState, Callback):
                 self._held_steps += self._postponed * updates
         if self._lrs_before and step > 0:
             self._on_lr_change(self._lrs_before, step)
-        if step % self.decide_every == 0 and step > 0 and step != self._last_decision_step:
-            self._last_decision_step = step
+        if step // self.decide_every > self._steps_before // self.decide_every:  # a multiple reached in this batch
             decision = self.decide(self._watch.report, step, self._last_analyzed()) if trainer.is_global_zero else None
             decision = trainer.strategy.broadcast(decision, src=0)
             if decision is not None:
