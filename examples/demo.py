@@ -1,4 +1,4 @@
-"""lrwatch demo: four short runs on scikit-learn's bundled digits, each with LRWatch attached.
+"""lrwatch demo: five short runs on scikit-learn's bundled digits, each with LRWatch attached.
 
 - ``tuned``: SGD+momentum, lr 0.05, StepLR halving every 150 steps — at most a short ``lr_too_high`` just
   before the first halving (a drop would pay soon, and the schedule's own halving comes), and at the last
@@ -6,6 +6,9 @@
   promise, so the run ends lr-limited (more steps, or a slower decay, would still pay).
 - ``too_high``: lr 0.15, StepLR drop only at step 450 — the loss sits on a high noise floor until the drop
   (``lr_too_high`` most of the way), then falls to ~0 within a few dozen steps.
+- ``too_high_early_drop``: the same run with ``EarlyStepDrop()`` at its defaults — it waits until the loss has
+  made no new low for a long horizon as well, then takes the scheduled drop early (at step 301 of 600), so
+  the run spends its last half at the lower lr (on this run the full-data loss ends ~75x lower).
 - ``diverging``: lr 1.0 with momentum 0.9 (an effective step of 10), StepLR drop only at step 450 — the
   loss explodes within a few dozen steps (``diverging``, flagged while the values are still finite).
 - ``too_aggressive``: ExponentialLR with α = 0.97 per step — the lr collapses before the loss has
@@ -36,6 +39,7 @@ RUNS = {
     # name: (lr, scheduler factory); every run is SGD with momentum 0.9, scheduler stepped per step
     "tuned": (0.05, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=150, gamma=0.5)),
     "too_high": (0.15, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
+    "too_high_early_drop": (0.15, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
     "diverging": (1.0, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=450, gamma=0.1)),
     "too_aggressive": (0.05, lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.97)),
 }
@@ -65,18 +69,20 @@ def digits_loader(batch_size: int = 32) -> DataLoader:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train four short runs with LRWatch attached.")
+    parser = argparse.ArgumentParser(description="Train five short runs with LRWatch attached.")
     parser.add_argument("--logdir", default="runs", help="TensorBoard log folder (default: runs)")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message="EarlyStepDrop at step")  # printed below with the diagnoses
     root = Path(args.logdir) / "demo"
     shutil.rmtree(root, ignore_errors=True)
     for name, (lr, make_scheduler) in RUNS.items():
         watch = lrwatch.LRWatch(warn=False)
+        acting = [lrwatch.EarlyStepDrop()] if name.endswith("early_drop") else []
         trainer = pl.Trainer(
-            max_steps=args.steps, accelerator="cpu", devices=1, callbacks=[watch],
+            max_steps=args.steps, accelerator="cpu", devices=1, callbacks=[watch, *acting],
             logger=pl.loggers.TensorBoardLogger(str(root), name=name, version=""),
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {d.kind} (steps {span}): {d.message}")
         if not report.diagnoses:
             print("  no diagnosis")
+        for action in (a for callback in acting for a in callback.actions):
+            print(f"  EarlyStepDrop at step {action.step}: {action.reason}; lr now {action.lr:.3g}")
 
     from lrwatch.cli import main as lrwatch_cli
 

@@ -19,5 +19,6 @@ def test_demo_trains_reports_and_saves_the_figure(tmp_path, monkeypatch, capsys)
     assert (tmp_path / "demo" / "report.png").stat().st_size > 10_000
     assert "[too_aggressive]" in out and "decay_too_aggressive" in out
     assert "[diverging]" in out and "  diverging (steps" in out and "tensorboard --logdir" in out
-    too_high = out[out.index("[too_high]"):out.index("[diverging]")]
+    too_high = out[out.index("[too_high]"):out.index("[too_high_early_drop]")]
     assert "  lr_too_high (steps" in too_high and "diverging" not in too_high
+    assert out.index("[too_high_early_drop]") < out.index("[diverging]")  # acting needs a plateau: 200 steps are too few
