@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -56,6 +57,14 @@ CONDITIONS = {
 ARM_LABELS = {"step": "fixed", "plateau": "plateau", "early_drop": "early_drop"}
 
 
+def loss_ratio(loss: float, reference: float) -> float:
+    """``loss`` ÷ ``reference`` (full-data losses, both >= 0). A float32 cross-entropy can underflow to exactly 0
+    on separable data (wine with Adam does): then 1 when ``loss`` is 0 too, else inf."""
+    if reference == 0:
+        return 1.0 if loss == 0 else math.inf
+    return loss / reference
+
+
 @dataclass
 class Case:
     """One (setup, condition, seed): every arm's result, keyed by harness arm name."""
@@ -72,7 +81,7 @@ class Case:
         return self.arms["step"].final_loss
 
     def final_ratio(self, arm: str) -> float:
-        return self.arms[arm].final_loss / self.target
+        return loss_ratio(self.arms[arm].final_loss, self.target)
 
     def steps_ratio(self, arm: str) -> float:
         """Steps to reach the target ÷ N_STEPS; inf when the arm never reaches it."""

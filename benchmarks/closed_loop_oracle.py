@@ -41,7 +41,7 @@ import time
 import numpy as np
 import torch
 
-from closed_loop import STEPS_GOAL, TUNED_TOLERANCE
+from closed_loop import STEPS_GOAL, TUNED_TOLERANCE, loss_ratio
 from closed_loop_harness import ArmResult, quiet_lightning, run_arm
 from closed_loop_setups import (EVAL_EVERY, EVAL_SEEDS, GAMMA, LATE_DROP_FRACTION, LEARNING_RATES, N_STEPS, PLATEAU,
                                 SETUPS, TUNED_DROP_FRACTION, step_size)
@@ -69,7 +69,7 @@ def _outcome(result: ArmResult, condition: str, target: float, plateau: float | 
         meets = steps_ratio is not None and steps_ratio <= STEPS_GOAL and result.final_loss < plateau
     else:
         meets = result.final_loss <= (1 + TUNED_TOLERANCE) * target
-    return {"final_ratio": result.final_loss / target, "steps_ratio": steps_ratio, "meets": bool(meets)}
+    return {"final_ratio": loss_ratio(result.final_loss, target), "steps_ratio": steps_ratio, "meets": bool(meets)}
 
 
 def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...], two_drops: bool = False) -> dict:
@@ -91,7 +91,7 @@ def run_case(setup, condition: str, seed: int, lr: float, drops: tuple[int, ...]
     pairs = itertools.combinations(before, 2) if two_drops and condition == "too_high" else ()
     moved_twice = {f"{a},{b}": _outcome(arm("milestones", (a, b)), condition, target, plateau) for a, b in pairs}
     return {"setup": setup.name, "condition": condition, "seed": seed, "lr": lr, "fixed_final": target,
-            "plateau_ratio": None if plateau is None else plateau / target, "moved": moved,
+            "plateau_ratio": None if plateau is None else loss_ratio(plateau, target), "moved": moved,
             "moved_twice": moved_twice, "unmoved": _outcome(fixed, condition, target, plateau),
             "fixed_eval_steps": fixed.eval_steps.tolist(), "fixed_eval_losses": fixed.eval_losses.tolist()}
 

@@ -100,3 +100,10 @@ def test_a_plateau_rule_drops_at_its_first_flat_decision_step_and_is_scored_by_t
              "unmoved": {"meets": True}}
     front = plateau_rule_frontier([case, tuned])
     assert [(h, u) for h, u, _ in front] == [(0, 1), (1, 0)]
+
+
+def test_loss_ratios_survive_a_loss_that_underflowed_to_zero():
+    from closed_loop import loss_ratio
+
+    assert loss_ratio(0.5, 0.25) == 2.0
+    assert loss_ratio(0.0, 0.0) == 1.0 and loss_ratio(1e-9, 0.0) == np.inf and loss_ratio(0.0, 0.5) == 0.0
