@@ -28,8 +28,8 @@ one, so noise does not make them flicker):
   ``noise_window`` samples since the lr last fell (`lrwatch.noise_floor`), the excess-loss estimate
   mean(descent) / (4 (1 − β)) is at least ``noise_floor_fraction`` of the mean loss (it ends below
   ``noise_floor_exit``), and a 10× drop would gain more than the loss falls in ``noise_horizon``
-  samples at its current rate: 0.9 · excess ≥ noise_horizon · fall (the least-squares fall per
-  sample). β is the optimizer's momentum coefficient (``momentum``; 0 when not given).
+  optimizer steps at its current rate: 0.9 · excess ≥ noise_horizon · fall (the least-squares fall per
+  step, from the block means against their steps: the same figure when only every k-th step is measured). β is the optimizer's momentum coefficient (``momentum``; 0 when not given).
   Advice: bring the next lr drop forward. Without a descent series this rule never fires: neither
   the displacement nor the loss alone tells a noise floor the lr holds from a minimum the model holds
   (on the labelled corpus an m-and-loss rule reached recall 0.04).
@@ -44,7 +44,7 @@ one, so noise does not make them flicker):
   peak) and the run is *lr-limited*: over the last ``window`` samples the loss still falls, by at least
   ``sigmas`` standard errors (least-squares line through block means), and either at least
   ``lr_limited_efficiency`` of the first-order decrease the steps promise (the mean descent), or so fast
-  that over ``noise_horizon`` samples it would fall ``lr_limited_floor_multiple`` times the excess loss
+  that over ``noise_horizon`` steps it would fall ``lr_limited_floor_multiple`` times the excess loss
   the lr's noise holds (`lrwatch.noise_floor`, over the same window). A loss that falls about as fast
   as the steps promise, or far faster than its noise floor could account for, is in a descent, not on
   a noise floor, and a larger lr would go faster (needs the descent; decided at block ends). And it holds, decided at every sample,
@@ -168,7 +168,8 @@ class Report:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Named thresholds of the rules (see the module docstring). Windows count samples.
+    """Named thresholds of the rules (see the module docstring). Windows count samples (measured steps:
+    with a run measured every k-th step they reach k times further back); rates are per optimizer step.
 
     The defaults were set on tiny runs (SGD on scikit-learn's digits, as in tests/test_diagnosis.py),
     where they flag the noisy plateau, the early collapse and the divergence there and leave a clean
@@ -195,8 +196,8 @@ class Thresholds:
         precision 0.81 / 0.85 / 0.85 / 0.84 at recall 1.0 / 1.0 / 1.0 / 0.98; with noise_horizon 100,
         0.2 / 0.3 gave 0.85 / 0.90 at recall 0.82 / 0.80.
     noise_floor_exit: ... and ends when it falls below this (hysteresis), at most noise_floor_fraction.
-    noise_horizon: samples over which keeping the lr is weighed against a 10x drop: the drop pays when
-        0.9 x the excess is at least this many samples' worth of the loss's current fall. On the tuning
+    noise_horizon: optimizer steps over which keeping the lr is weighed against a 10x drop: the drop pays
+        when 0.9 x the excess is at least this many steps' worth of the loss's current fall. On the tuning
         split 50 / 75 / 100 / 150 gave precision 0.85 / 0.87 / 0.90 / 0.88 at recall 0.91 / 0.84 / 0.80 /
         0.66; it is also what keeps a well-tuned high lr early in training (loss still falling fast)
         unflagged (benchmarks/closed_loop.py).
@@ -229,7 +230,7 @@ class Thresholds:
         mean descent. On the corpus's tuning split (with the other two sides, window 100, sigmas 2)
         0.3 / 0.5 / 0.7 gave precision 0.89 / 0.92 / 0.93 at recall 0.86 / 0.84 / 0.77 (without this
         side: 0.91 / 0.60).
-    lr_limited_floor_multiple: ... or while over ``noise_horizon`` samples the loss would fall at least
+    lr_limited_floor_multiple: ... or while over ``noise_horizon`` steps the loss would fall at least
         this many times the excess loss (the mirror of ``lr_too_high``, which asks whether a drop gains
         more than that fall: here the fall dwarfs what the lr's noise costs). Chosen on the corpus's
         tuning split (with the other sides at their defaults), where 20 / 40 / 60 / 80 / 120 gave
@@ -306,10 +307,10 @@ class Thresholds:
             )
 
 
-M, LOSS, GRAD, JUMP, EXCESS, DESCENT, LR = range(7)
+M, LOSS, GRAD, JUMP, EXCESS, DESCENT, LR, STEP = range(8)
 """Columns of the per-sample table: displacement, loss, gradient part (NaN where unknown), the
 series whose jumps signal divergence on the displacement side (the gradient part, else m), the
-excess-loss estimate, the descent and the lr (NaN where unknown)."""
+excess-loss estimate, the descent, the lr (NaN where unknown) and the sample's optimizer step."""
 
 
 class Analyzer:
@@ -332,7 +333,7 @@ class Analyzer:
         self.count = 0  # samples seen
         self.blocks = 0  # blocks completed
         self.last_step: int | None = None
-        self.pending = np.empty((LR + 1, 0))
+        self.pending = np.empty((STEP + 1, 0))
         self.block_m, self.block_grad = Tail(self.k - 1), Tail(self.k - 1)
         self.block_loss = Tail(2 * self.k - 1)
         self.noise = NoiseFloorWindow(t.noise_window // t.block, t.block, t.lr_fall_fraction)
@@ -370,7 +371,7 @@ class Analyzer:
             return self
         self.schedule.update(series.get("displacement"), series.get("lr"), step_values)
         with np.errstate(all="ignore"):  # NaN, Inf and overflow are data here
-            table = _sample_table(series, n)
+            table = _sample_table(series, step_values)
             # the loss's start level first: the windowed rules compare the loss with it at block ends
             start = self.jump_refs.see_loss(table[LOSS], self.count + np.arange(n))
             states, evidence = self._block_rules(table, step_values)
@@ -402,6 +403,11 @@ class Analyzer:
         earlier lrwatch lacks, so that a run resumed after an upgrade goes on instead of failing in training."""
         self.__dict__.update(state)
         self.block_state.setdefault(LOSS_CLIMBED, False)
+        if self.pending.shape[0] == STEP:  # pickled before samples carried their step: they were consecutive then
+            n, last = self.pending.shape[1], -1 if self.last_step is None else self.last_step
+            self.pending = np.vstack([self.pending, np.arange(last - n + 1, last + 1, dtype=np.float64)])
+            for window in (self.noise, self.trend):
+                window.assume_consecutive_steps(last - n)
         if "block_evidence" not in state:
             # pickled before the evidence of the last block end was kept: a carried state that can switch a
             # diagnosis on between block ends (the lr-limited side, lr_too_high while an lr fall masks it)
@@ -455,7 +461,7 @@ class Analyzer:
         medians = {c: block_medians(blocks[c]) for c in (M, LOSS, GRAD)}
         m_windowed = window_medians(self.block_m.extend(medians[M]), k)
         grad_windowed = window_medians(self.block_grad.extend(medians[GRAD]), k)
-        summaries = block_summaries(blocks[EXCESS], blocks[DESCENT], blocks[LOSS], blocks[LR])
+        summaries = block_summaries(blocks[EXCESS], blocks[DESCENT], blocks[LOSS], blocks[LR], blocks[STEP])
         noise, trend = self.noise.add(summaries), self.trend.add(summaries)
         loss_medians = self.block_loss.extend(medians[LOSS])
         gain, gain_se = _loss_gain(loss_medians, k)
@@ -688,9 +694,10 @@ def _validated(displacement, loss, lr, grad_norm, descent, momentum) -> dict[str
     return series
 
 
-def _sample_table(series: dict[str, np.ndarray], n: int) -> np.ndarray:
-    """Per-sample series M, LOSS, GRAD, JUMP, EXCESS, DESCENT, LR as rows (7, n) (NaN where not measured)."""
-    missing = np.full(n, np.nan)
+def _sample_table(series: dict[str, np.ndarray], steps: np.ndarray) -> np.ndarray:
+    """Per-sample series M, LOSS, GRAD, JUMP, EXCESS, DESCENT, LR, STEP as rows (8, n) (NaN where not measured);
+    ``steps``: shape (n,), the samples' optimizer steps."""
+    missing = np.full(len(steps), np.nan)
     m = series.get("displacement", missing)
     if "grad_norm" in series:
         grad = series["grad_norm"]
@@ -704,7 +711,8 @@ def _sample_table(series: dict[str, np.ndarray], n: int) -> np.ndarray:
     jump = grad if ("grad_norm" in series or "lr" in series) else m
     descent = series.get("descent", missing)
     excess = excess_loss(descent, series.get("momentum", missing))
-    return np.stack([m, series.get("loss", missing), grad, jump, excess, descent, series.get("lr", missing)])
+    return np.stack([m, series.get("loss", missing), grad, jump, excess, descent, series.get("lr", missing),
+                     steps.astype(np.float64)])
 
 
 def _loss_gain(medians: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

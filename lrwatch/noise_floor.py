@@ -56,13 +56,15 @@ def _block_means(blocks: np.ndarray) -> np.ndarray:
         return total / blocks.shape[1]
 
 
-def block_summaries(excess: np.ndarray, descent: np.ndarray, loss: np.ndarray, lr: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-block summaries the windows are built from, each (n_blocks,): the means of excess, descent
-    and loss, and the block's least and largest lr. Arguments: complete blocks, each (n_blocks, block).
-    Computed once per block however many windows use them."""
+def block_summaries(excess: np.ndarray, descent: np.ndarray, loss: np.ndarray, lr: np.ndarray,
+                    steps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-block summaries the windows are built from, each (n_blocks,): the means of excess, descent,
+    loss and step, and the block's least and largest lr. Arguments: complete blocks, each (n_blocks,
+    block); ``steps`` the optimizer step of each sample (samples need not be consecutive steps, e.g. a
+    run measured every k-th step). Computed once per block however many windows use them."""
     with np.errstate(all="ignore"):
         return {"excess": _block_means(excess), "descent": _block_means(descent), "loss": _block_means(loss),
-                "lr_low": np.min(lr, axis=1), "lr_high": np.max(lr, axis=1)}
+                "step": _block_means(steps), "lr_low": np.min(lr, axis=1), "lr_high": np.max(lr, axis=1)}
 
 
 class NoiseFloorWindow:
@@ -77,15 +79,26 @@ class NoiseFloorWindow:
 
     def __init__(self, blocks_per_window: int, block: int, lr_fall_fraction: float | None):
         self.k, self.block, self.fall = blocks_per_window, block, lr_fall_fraction
-        self.tails = {name: Tail(self.k - 1) for name in ("excess", "descent", "loss", "lr_low", "lr_high")}
+        self.tails = {name: Tail(self.k - 1) for name in ("excess", "descent", "loss", "step", "lr_low", "lr_high")}
+
+    def assume_consecutive_steps(self, last_step: float) -> None:
+        """Give a window pickled before it kept its blocks' mean steps (lrwatch < the step-aware fall) the
+        steps of consecutive blocks of consecutive samples ending at ``last_step``: every step was a sample
+        for the analyzers of that time, and the fall they computed per sample is the same figure."""
+        if "step" not in self.tails:
+            keep = len(self.tails["loss"].values)
+            self.tails["step"] = Tail(keep)
+            self.tails["step"].values = last_step - (self.block - 1) / 2 - self.block * np.arange(keep - 1, -1, -1.0)
 
     def add(self, summaries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Take the `block_summaries` of new complete blocks; figures at their ends:
 
         samples: samples in the window (0 where none); excess_loss, loss, descent: their means over it;
-        excess_fraction: excess_loss / loss; fall: the loss's fall per sample (minus the slope of the
-        least-squares line through the block means; NaN under two blocks); fall_se: its standard error
-        from the residuals about that line (NaN under three blocks); block_lr: the block's own least lr.
+        excess_fraction: excess_loss / loss; fall: the loss's fall per optimizer step (minus the slope
+        of the least-squares line through the block means against the blocks' mean steps, so a run
+        measured every k-th step gets the same figure; NaN under two blocks); fall_se: its standard
+        error from the residuals about that line (NaN under three blocks); block_lr: the block's own
+        least lr.
         """
         joined = {name: self.tails[name].extend(values) for name, values in summaries.items()}
         n_new = len(summaries["loss"])
@@ -103,7 +116,7 @@ class NoiseFloorWindow:
                     included &= ~(joined["lr_high"][at] * self.fall > lr_floor)
                 masks.append(included.copy())
                 count += included
-                s_x += np.where(included, -float(lag), 0.0)
+                s_x += np.where(included, joined["step"][at], 0.0)
                 s_y += np.where(included, loss_mean, 0.0)
                 s_excess += np.where(included, joined["excess"][at], 0.0)
                 s_descent += np.where(included, descent_mean, 0.0)
@@ -112,11 +125,11 @@ class NoiseFloorWindow:
             s_xx, s_xy, s_yy = (np.zeros(n_new) for _ in range(3))
             for lag, mask in enumerate(masks):
                 at = slice(self.k - 1 - lag, self.k - 1 - lag + n_new)
-                dx, dy = -float(lag) - mean_x, joined["loss"][at] - mean_loss
+                dx, dy = joined["step"][at] - mean_x, joined["loss"][at] - mean_loss
                 s_xx += np.where(mask, dx * dx, 0.0)
                 s_xy += np.where(mask, dx * dy, 0.0)
                 s_yy += np.where(mask, dy * dy, 0.0)
-            slope = s_xy / s_xx  # loss per block
+            slope = s_xy / s_xx  # loss per step
             residual = np.maximum(s_yy - slope * s_xy, 0.0)
             slope_se = np.sqrt(residual / (count - 2) / s_xx)
             enough = count >= 2
@@ -127,6 +140,6 @@ class NoiseFloorWindow:
                 "loss": np.where(count > 0, mean_loss, np.nan),
                 "descent": np.where(count > 0, mean_descent, np.nan),
                 "excess_fraction": np.where((count > 0) & (mean_loss > 0), mean_excess / mean_loss, np.nan),
-                "fall": np.where(enough, -slope / self.block, np.nan),
-                "fall_se": np.where(count >= 3, slope_se / self.block, np.nan),
+                "fall": np.where(enough, -slope, np.nan),
+                "fall_se": np.where(count >= 3, slope_se, np.nan),
             }

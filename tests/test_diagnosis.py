@@ -129,6 +129,20 @@ def test_a_decayed_lr_under_which_the_loss_still_falls_as_promised_is_decay_too_
     assert d.evidence["excess_loss"] == pytest.approx(0.00555 / 4) and "72x the excess loss" in d.message
 
 
+def test_rates_are_per_optimizer_step_when_only_every_tenth_step_is_measured():
+    # The run of the test above measured every 10th step: the same 400 samples, steps 0, 10, 20, … The loss
+    # falls 0.001 a sample, 0.0001 a step; each step promises 0.0015 x lr. Per step the loss falls 7% of the
+    # promise (a noise floor, not flagged); read per sample it would have been 67% (flagged, as it was).
+    i = np.arange(400)
+    lr = np.where(i < 100, 1.0, 0.1)
+    sparse = {"displacement": lr, "loss": 2.0 - 0.001 * i, "lr": lr, "steps": 10 * i}
+    assert analyze(**sparse, descent=0.015 * lr).diagnoses == []
+    # a promise ten times smaller per step: the loss falls 67% of it, decay_too_aggressive as in the dense run
+    [d] = analyze(**sparse, descent=0.0015 * lr, lr_limited_floor_multiple=1e9).diagnoses
+    assert (d.kind, d.start) == ("decay_too_aggressive", 1990) and d.evidence["loss_fall"] == pytest.approx(1e-4)
+    assert "67% of what the steps promise" in d.message
+
+
 def test_a_decayed_lr_under_which_the_loss_falls_far_above_its_noise_floor_is_decay_too_aggressive():
     # descent 0.006 a step throughout: the loss's fall (0.001) is 17% of the promise, below
     # lr_limited_efficiency, but 100 steps of it (0.1) are 67x the excess 0.006 / 4 (plain SGD)
@@ -430,7 +444,10 @@ def test_an_analyzer_pickled_by_an_earlier_version_resumes(cut):
     run = lr_falls_mid_block(205)
     analyzer = Analyzer().update(**{k: v[:cut] if isinstance(v, np.ndarray) else v for k, v in run.items()})
     old = pickle.loads(pickle.dumps(analyzer))
-    del old.__dict__["block_evidence"], old.block_state["loss_climbed"]  # what the previous version lacked
+    del old.__dict__["block_evidence"], old.block_state["loss_climbed"]  # what earlier versions lacked
+    old.pending = old.pending[:-1]  # … and the samples' steps, in the pending samples and the noise windows
+    for window in (old.noise, old.trend):
+        del window.tails["step"]
     resumed = pickle.loads(pickle.dumps(old))
     resumed.update(**{k: v[cut:] if isinstance(v, np.ndarray) else v for k, v in run.items()})
     whole = analyze(**run)
