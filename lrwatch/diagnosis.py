@@ -29,7 +29,8 @@ one, so noise does not make them flicker):
   mean(descent) / (4 (1 − β)) is at least ``noise_floor_fraction`` of the mean loss (it ends below
   ``noise_floor_exit``), and a 10× drop would gain more than the loss falls in ``noise_horizon``
   optimizer steps at its current rate: 0.9 · excess ≥ noise_horizon · fall (the least-squares fall per
-  step, from the block means against their steps: the same figure when only every k-th step is measured). β is the optimizer's momentum coefficient (``momentum``; 0 when not given).
+  step, from the block means against their steps: the same figure when only every k-th step is
+  measured). β is the optimizer's momentum coefficient (``momentum``; 0 when not given).
   Advice: bring the next lr drop forward. Without a descent series this rule never fires: neither
   the displacement nor the loss alone tells a noise floor the lr holds from a minimum the model holds
   (on the labelled corpus an m-and-loss rule reached recall 0.04).
@@ -47,8 +48,8 @@ one, so noise does not make them flicker):
   that over ``noise_horizon`` steps it would fall ``lr_limited_floor_multiple`` times the excess loss
   the lr's noise holds (`lrwatch.noise_floor`, over the same window). A loss that falls about as fast
   as the steps promise, or far faster than its noise floor could account for, is in a descent, not on
-  a noise floor, and a larger lr would go faster (needs the descent; decided at block ends). And it holds, decided at every sample,
-  while the lr has *used little of its budget*: it is at most ``decayed_fraction`` of its running
+  a noise floor, and a larger lr would go faster (needs the descent; decided at block ends). And it
+  holds, decided at every sample, while the lr has *used little of its budget*: it is at most ``decayed_fraction`` of its running
   peak and its mean over the samples so far is at most ``lr_budget_fraction`` of that peak (the run
   has had fewer than that fraction of its steps' worth of training at the peak lr). On the labelled corpus (benchmarks/diagnosis_corpus.py,
   300-600-step runs) "restoring the lr wins" was found almost only where the schedule had spent
@@ -742,8 +743,8 @@ def _conditions(kind: str, f: dict[str, np.ndarray], t: Thresholds) -> tuple[np.
         stalled, not_resumed = f["progress"] <= t.stall_gain, f["progress"] < t.resume_gain
         if kind == LOSS_CLIMBED:  # the loss has settled far above where training started
             return f["loss_over_start"] >= t.diverge_start_factor, f["loss_over_start"] >= t.diverge_level_exit
-        if kind == LR_LIMITED:  # the loss falls significantly, at about the rate the steps promise or far faster
-            falls = (f["trend_fall"] >= t.sigmas * f["trend_fall_se"]) & (f["trend_descent"] > 0)  # than noise explains
+        if kind == LR_LIMITED:  # the loss falls significantly: about as fast as promised, or far above its noise floor
+            falls = (f["trend_fall"] >= t.sigmas * f["trend_fall_se"]) & (f["trend_descent"] > 0)
             as_promised = f["trend_fall"] >= t.lr_limited_efficiency * f["trend_descent"]
             above_floor = f["trend_fall"] * t.noise_horizon >= t.lr_limited_floor_multiple * f["trend_excess_loss"]
             limited = falls & (as_promised | above_floor)
@@ -789,7 +790,7 @@ def _evidence(kind: str, f: dict[str, np.ndarray], block: int, t: Thresholds) ->
 
 
 def _floor_multiple(e: dict[str, float], t: Thresholds) -> str:
-    """", and N times the excess loss the lr's noise holds over noise_horizon steps" where that is known."""
+    """The clause naming how many times the excess loss the fall over noise_horizon steps is ("" if unknown)."""
     if e.get("excess_loss", 0.0) > 0:
         return (f", and over {t.noise_horizon} steps {e['loss_fall'] * t.noise_horizon / e['excess_loss']:.0f}x the "
                 f"excess loss the lr's noise holds")

@@ -82,9 +82,9 @@ class NoiseFloorWindow:
         self.tails = {name: Tail(self.k - 1) for name in ("excess", "descent", "loss", "step", "lr_low", "lr_high")}
 
     def assume_consecutive_steps(self, last_step: float) -> None:
-        """Give a window pickled before it kept its blocks' mean steps (lrwatch < the step-aware fall) the
-        steps of consecutive blocks of consecutive samples ending at ``last_step``: every step was a sample
-        for the analyzers of that time, and the fall they computed per sample is the same figure."""
+        """Give a window pickled before windows kept their blocks' mean steps the steps of consecutive blocks
+        of consecutive samples ending at ``last_step``: the analyzers of that time took every sample for a
+        step, so the fall it goes on with is the one it computed."""
         if "step" not in self.tails:
             keep = len(self.tails["loss"].values)
             self.tails["step"] = Tail(keep)
