@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import lrwatch
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.signature import Signature
 from lrwatch._lightning import Callback, pl
-from tests.conftest import DigitsMLP, ForcedDrop, LateRestore, RecordingLogger, digits_loader, make_trainer
+from tests.conftest import (DigitsMLP, ForcedDrop, LateRestore, RecordingLogger, TwoOptimizerGAN, digits_loader,
+                            make_trainer)
 
 
 class LrTrace(Callback):
@@ -162,6 +164,35 @@ def test_gradient_accumulation_counts_optimizer_steps_not_batches(plan, kwargs, 
         assert plain[1][3:8] == [0.5] * 5 and plain[1][8] == 0.9
     else:
         np.testing.assert_allclose(plain[0][:10], [1.0] * 9 + [0.5])
+
+
+def test_the_damping_counts_the_steps_of_the_optimizer_it_acts_on_only():
+    """Two optimizers stepped each batch (global_step +2 a batch): a 4-step damping of optimizer 0 lasts 4 of its
+    updates (it lasted 2 while the other optimizer's steps counted)."""
+    class Betas(Callback):
+        def __init__(self):
+            self.beta1 = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.beta1.append(trainer.optimizers[0].param_groups[0]["betas"][0])
+
+    betas = Betas()
+    drop = ForcedDrop({4: "drop"}, momentum="damp", damp_beta=0.5, damp_steps=4, optimizer_index=0)
+    make_trainer([drop, betas], RecordingLogger(), max_steps=24).fit(TwoOptimizerGAN(), digits_loader(64, 512))
+    assert betas.beta1[:8] == [0.9, 0.9, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9]  # dropped after batch 1 (global step 4)
+
+
+def test_a_batch_the_loader_gives_as_none_is_neither_counted_nor_decided_on_again():
+    """Lightning calls no on_train_batch_start for a None batch but still calls on_train_batch_end: the step
+    decided after the batch before was decided (and the drop taken) a second time."""
+    batches = list(digits_loader(batch_size=64))
+    items = [*batches[:4], None, *batches[4:]]
+    loader = DataLoader(items, batch_size=None, collate_fn=lambda b: b)
+    callback = ForcedDrop({4: "drop"})
+    trainer = make_trainer([callback], RecordingLogger(), max_steps=7)
+    trainer.fit(DigitsMLP(lr=0.1), loader)
+    assert [(a.step, a.kind) for a in callback.actions] == [(5, "drop")]
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)
 
 
 def test_a_decision_is_taken_once_per_multiple_of_decide_every_that_a_batch_reaches():
@@ -363,6 +394,7 @@ def test_shares_an_attached_lrwatch_instead_of_measuring_twice():
     assert callback._watch is watch and callback._own_watch.names() == []
     opt = trainer.optimizers[0]
     assert len(opt._optimizer_step_pre_hooks) == 0  # detached at the end; only one meter was ever attached
+    assert len(opt._optimizer_step_post_hooks) == 0  # and EarlyStepDrop's step counter is gone too
     assert len(watch.records()) == 10
 
 
