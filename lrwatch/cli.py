@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from lrwatch.diagnosis import Report, analyze
 from lrwatch.tensorboard import (RunSeries, Track, check_lr_tag, diagnoses_markdown, find_runs, logged_actions,
@@ -148,7 +148,7 @@ def _json(analyses: list[Analysis], empty_runs: dict[str, list[str]]) -> str:
             steps=[int(a.track.steps[0]), int(a.track.steps[-1])],
             notes=list(a.track.notes),
             problems=list(a.run.problems),
-            actions=[asdict(action) for action in logged_actions(a.run)],
+            actions=[action.to_dict() for action in logged_actions(a.run)],
         )
         document[a.label] = entry
     for name, problems in empty_runs.items():

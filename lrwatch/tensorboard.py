@@ -27,6 +27,7 @@ from lrwatch import tags
 from lrwatch._checks import require_int
 from lrwatch.diagnosis import Diagnosis, Report
 from lrwatch.event_files import EventScalars, read_event_file
+from lrwatch.signature import json_float
 
 EVENT_FILE_MARKER = "tfevents"
 """A file belongs to a run when its name contains this, as TensorBoard decides (``events.out.tfevents.*``)."""
@@ -170,13 +171,17 @@ class LoggedAction:
         after = f" (lr {self.value:.3g})" if self.kind == "drop" else ""
         return f"{self.kind} at step {self.step}{after}"
 
+    def to_dict(self) -> dict:
+        """JSON-ready: a non-finite value becomes None (JSON has no NaN)."""
+        return {"step": self.step, "kind": self.kind, "value": json_float(self.value)}
+
 
 def logged_actions(run: RunSeries) -> list[LoggedAction]:
     """The run's ``lrwatch/action/<kind>`` events in step order. EarlyStepDrop logs a hold as 1 and its release
     as 0 on the same ``hold`` tag; they are told apart here."""
     found = []
     for tag, series in run.actions.items():
-        name = tag[len(tags.ACTION) + 1:]
+        name = tag[len(tags.ACTION) + 1:] or "unnamed"  # a bare "lrwatch/action/" tag
         for step, value in zip(series.steps.tolist(), series.values.tolist()):
             kind = "release" if name == "hold" and value == 0 else name
             found.append(LoggedAction(int(step), kind, float(value)))

@@ -731,3 +731,17 @@ def test_the_report_lists_and_draws_early_step_drop_actions(capsys, tmp_path):
                           (15, ACTION_LINES["release"]["color"])]
     with pytest.raises(ValueError, match="rows must be"):
         plot_report([("acted", track, report, [("drop", 4)])])
+
+
+def test_odd_action_events_neither_break_the_json_nor_lose_their_kind(capsys, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "odd")) as writer:
+        for step in range(60):
+            writer.add_scalar("lr-SGD", 0.1 if step < 30 else 0.01, step)
+        writer.add_scalar("lrwatch/action/drop", float("nan"), 10)
+        writer.add_scalar("lrwatch/action/", 1.0, 12)
+    code, out, _ = _run_cli(capsys, tmp_path, "--json")
+    assert code == EXIT_OK
+    assert json.loads(out)["odd"]["actions"] == [{"step": 10, "kind": "drop", "value": None},
+                                                 {"step": 12, "kind": "unnamed", "value": 1.0}]
