@@ -404,7 +404,7 @@ class Analyzer:
         earlier lrwatch lacks, so that a run resumed after an upgrade goes on instead of failing in training."""
         self.__dict__.update(state)
         self.block_state.setdefault(LOSS_CLIMBED, False)
-        if self.pending.shape[0] == STEP:  # pickled before samples carried their step: they were consecutive then
+        if self.pending.shape[0] == STEP:  # pickled before samples carried their step: take them as consecutive
             n, last = self.pending.shape[1], -1 if self.last_step is None else self.last_step
             self.pending = np.vstack([self.pending, np.arange(last - n + 1, last + 1, dtype=np.float64)])
             for window in (self.noise, self.trend):

@@ -83,8 +83,8 @@ class NoiseFloorWindow:
 
     def assume_consecutive_steps(self, last_step: float) -> None:
         """Give a window pickled before windows kept their blocks' mean steps the steps of consecutive blocks
-        of consecutive samples ending at ``last_step``: the analyzers of that time took every sample for a
-        step, so the fall it goes on with is the one it computed."""
+        of consecutive samples ending at ``last_step``: right for a run measured at every step; for one
+        measured every k-th step the fall is off until the window has moved past the resume."""
         if "step" not in self.tails:
             keep = len(self.tails["loss"].values)
             self.tails["step"] = Tail(keep)

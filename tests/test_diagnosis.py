@@ -449,6 +449,10 @@ def test_an_analyzer_pickled_by_an_earlier_version_resumes(cut):
     for window in (old.noise, old.trend):
         del window.tails["step"]
     resumed = pickle.loads(pickle.dumps(old))
+    # the steps filled in are the run's own (it was measured at every step)
+    np.testing.assert_array_equal(resumed.pending, analyzer.pending)
+    for upgraded, kept in ((resumed.noise, analyzer.noise), (resumed.trend, analyzer.trend)):
+        np.testing.assert_array_equal(upgraded.tails["step"].values, kept.tails["step"].values)
     resumed.update(**{k: v[cut:] if isinstance(v, np.ndarray) else v for k, v in run.items()})
     whole = analyze(**run)
     if cut < 200 or cut > 205:  # resumed before the block end that decides it, or with the diagnosis open
