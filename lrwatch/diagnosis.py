@@ -806,13 +806,13 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
         trend = f"falls {abs(fall):.3g} a step" if fall >= 0 else f"rises {-fall:.3g} a step"
         return (
             f"The lr's gradient noise holds the loss an estimated {excess:.3g} above its floor, {share}, over the "
-            f"last {e.get('samples', math.nan):.0f} steps; a 10x drop would gain about {DROP_GAIN * excess:.3g}, more "
+            f"last {e.get('samples', math.nan):.0f} measured steps; a 10x drop would gain about {DROP_GAIN * excess:.3g}, more "
             f"than {t.noise_horizon} steps at the current rate give (the loss {trend}): the lr is too high for this "
             f"stage; bring the next lr drop forward (step schedule: drop now; exponential or cosine: decay faster)."
         )
     if kind == DECAY_TOO_AGGRESSIVE and "loss_fall" in e:
         return (
-            f"The lr is at {e['lr_fraction']:.1%} of its peak, yet over the last {e['window']:.0f} steps the loss "
+            f"The lr is at {e['lr_fraction']:.1%} of its peak, yet over the last {e['window']:.0f} measured steps the loss "
             f"still fell {e['loss_fall']:.3g} a step, {e['loss_fall'] / e['descent']:.0%} of what the steps promise "
             f"to first order{_floor_multiple(e, t)}: progress is limited by the lr, not by noise; restore it or decay "
             f"more slowly (larger gamma or alpha, fewer or later drops)."
@@ -820,14 +820,14 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
     if kind == DECAY_TOO_AGGRESSIVE and "mean_lr_fraction" in e:
         return (
             f"The lr is at {e['lr_fraction']:.1%} of its peak and has averaged only {e['mean_lr_fraction']:.0%} of "
-            f"it over the {e['lr_samples']:.0f} steps so far: the schedule decayed before training used its lr; "
+            f"it over the {e['lr_samples']:.0f} measured steps so far: the schedule decayed before training used its lr; "
             f"restore it or decay more slowly (larger gamma or alpha, fewer or later drops)."
         )
     if kind == DECAY_TOO_AGGRESSIVE:
         grad = f" while the gradient kept {e['grad_fraction']:.0%} of its size" if "grad_fraction" in e else ""
         return (
             f"Displacement collapsed to {e.get('displacement_fraction', math.nan):.1%} of its peak{grad}, and the "
-            f"loss, improving {e.get('gain_before', math.nan):.1%} per {t.window} steps before, made no new low "
+            f"loss, improving {e.get('gain_before', math.nan):.1%} per {t.window} measured steps before, made no new low "
             f"since ({e.get('loss_progress', math.nan):+.1%}): the lr decayed too fast; restore it or decay more "
             f"slowly (larger gamma or alpha, fewer or later drops)."
         )
@@ -841,7 +841,7 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
         )
     if "loss_level" in e:  # (the ratio overflows to inf, and leaves the evidence, for a start level near 0)
         return (
-            f"Over the last {e.get('window', math.nan):.0f} steps the loss (median of block medians, "
+            f"Over the last {e.get('window', math.nan):.0f} measured steps the loss (median of block medians, "
             f"{e['loss_level']:.3g}) has stayed {e.get('loss_level_over_start', math.inf):.3g}x where training "
             f"started ({e.get('loss_start', math.nan):.3g}): training is diverging, slowly; lower the lr now "
             f"(or clip gradients)."
@@ -849,7 +849,7 @@ def _message(kind: str, e: dict[str, float], t: Thresholds) -> str:
     growth, series = max(((v, k) for k, v in e.items() if k.endswith("_growth")), default=(math.nan, "values"))
     label = series.removesuffix("_growth").replace("grad", "gradient")
     return (
-        f"The {label} rose {growth:.1f}x above its recent level for {t.diverge_recent} steps: training is "
+        f"The {label} rose {growth:.1f}x above its recent level for {t.diverge_recent} measured steps: training is "
         f"diverging; lower the lr now (or clip gradients) before it turns NaN."
     )
 

@@ -169,7 +169,7 @@ def test_an_lr_decayed_before_it_used_its_budget_is_decay_too_aggressive_from_th
     [d] = report.diagnoses
     assert (d.kind, d.start, d.end) == ("decay_too_aggressive", first, None)
     assert d.evidence == {"lr_fraction": 0.01, "mean_lr_fraction": mean[first], "lr_samples": first + 1.0}
-    assert "restore it or decay more slowly" in d.message and f"over the {first + 1} steps" in d.message
+    assert "restore it or decay more slowly" in d.message and f"over the {first + 1} measured steps" in d.message
     # a looser budget flags it earlier, a stricter one later; restoring the lr ends it
     assert analyze(lr, lr=lr, lr_budget_fraction=0.5).diagnoses[0].start < first
     assert analyze(lr, lr=lr, lr_budget_fraction=0.2).diagnoses[0].start > first
