@@ -305,8 +305,9 @@ def _first(mask: np.ndarray) -> int | None:
 
 def redraw_window(spec: RunSpec, n_samples: int, batch_size: int, window: int, step: int, draw: int) -> np.ndarray:
     """The ``draw``-th independent window of ``window`` minibatches for relabelling checkpoint ``step`` of
-    ``spec``: shape (window, batch_size), from its own seed, unrelated to the run's own sequence."""
-    return minibatch_indices(n_samples, batch_size, window, np.random.SeedSequence([spec.seed, step, draw]))
+    ``spec``: shape (window, batch_size), from a child of the run's seed (``spawn_key`` (step, draw)), so never
+    the run's own sequence (``SeedSequence([seed, 0, 0])`` would be: it pads entropy with zeros)."""
+    return minibatch_indices(n_samples, batch_size, window, np.random.SeedSequence(spec.seed, spawn_key=(step, draw)))
 
 
 def train_run(spec: RunSpec, labelling: Labelling = Labelling(), redraws: int = 0) -> RunRecord:

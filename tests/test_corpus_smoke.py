@@ -225,6 +225,8 @@ def test_redrawn_labels_come_from_other_batches_and_leave_the_run_alone(runs):
     assert not np.array_equal(windows[0], windows[1]) and not np.array_equal(windows[0], own[11:11 + SHORT.window])
     np.testing.assert_array_equal(windows[0], corpus_runs.redraw_window(
         STEP_RUN, len(task.inputs), task.batch_size, SHORT.window, 10, 0))
+    at_zero = corpus_runs.redraw_window(STEP_RUN, len(task.inputs), task.batch_size, SHORT.window, 0, 0)
+    assert not np.array_equal(at_zero, own[:SHORT.window])  # step 0, draw 0 is not the run's own sequence either
     # the redrawn keep branch trains the same state on other batches: its loss differs from the corpus's
     assert any(r[0].loss_keep != c.loss_keep for c, r in zip(record.checkpoints, record.redrawn))
 
