@@ -406,6 +406,22 @@ def test_a_resumed_fit_reports_as_the_uninterrupted_one(tmp_path, late):
     assert again.report.n_steps == 24
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_a_resumed_fit_measured_every_fifth_step_measures_the_same_steps(tmp_path, late):
+    """The meter counted its steps from the resume: measured 25, 30, … where the straight run measured 26, 31, …,
+    and the resumed report read another schedule."""
+    def watch():
+        return lrwatch.LRWatch(flush_every=7, every_n_steps=5)
+
+    straight = _checkpointed_fit(tmp_path / "straight", watch(), 48)
+    _checkpointed_fit(tmp_path / "first", watch(), 24)
+    resumed = _checkpointed_fit(tmp_path / "second", watch(), 48, ckpt=next((tmp_path / "first").glob("*.ckpt")),
+                                late=late)
+    assert resumed.records().steps.tolist() == [26, 31, 36, 41, 46]
+    assert straight.records().steps.tolist() == list(range(1, 48, 5))
+    _assert_same_up_to_rounding(resumed.report.to_dict(), straight.report.to_dict())
+
+
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_a_fit_ended_by_an_exception_still_logs_its_last_steps(error):
     """With flush_every=50 nothing had reached the logger, the records or the report by step 30."""

@@ -471,15 +471,17 @@ class LRWatch(FitState, Callback):
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Per optimizer the analyzer's and the weight-decay rule's state and the lr tags in use, after
-        flushing the meters (a device sync, at checkpoint time only), so that a resumed run diagnoses
-        exactly as an uninterrupted one and logs each group's lr under the same tag (a group added mid-fit
-        is there from the start of the resumed fit). The logged series themselves are in the logger."""
+        """Per optimizer the analyzer's and the weight-decay rule's state, the lr tags in use and the steps
+        taken, after flushing the meters (a device sync, at checkpoint time only), so that a resumed run
+        diagnoses exactly as an uninterrupted one (with ``every_n_steps`` measuring the same steps), and logs
+        each group's lr under the same tag (a group added mid-fit is there from the start of the resumed
+        fit). The logged series themselves are in the logger."""
         if self._trainer is not None:
             self._publish(self._trainer, final=True)
         return {
             "watched": {w.name: pickle.dumps({"analyzer": w.analyzer, "weight_decay": w.weight_decay,
-                                              "lr_tags": w.lr_tags, "group_names": w.group_names})
+                                              "lr_tags": w.lr_tags, "group_names": w.group_names,
+                                              "steps_taken": w.meter.steps_taken})
                         for w in self._watched},
             "announced": sorted(self._announced),
         }
@@ -509,4 +511,6 @@ class LRWatch(FitState, Callback):
                 if attribute in saved:
                     known = saved[attribute][: len(getattr(w, attribute))]
                     setattr(w, attribute, known + getattr(w, attribute)[len(known):])
+            if "steps_taken" in saved:  # every_n_steps=k measures the same steps as the uninterrupted run
+                w.meter.steps_taken = w.steps_at_last_batch_end = saved["steps_taken"]
         self._restored = {}
