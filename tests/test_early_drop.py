@@ -394,7 +394,7 @@ def test_shares_an_attached_lrwatch_instead_of_measuring_twice():
     assert callback._watch is watch and callback._own_watch.names() == []
     opt = trainer.optimizers[0]
     assert len(opt._optimizer_step_pre_hooks) == 0  # detached at the end; only one meter was ever attached
-    assert len(opt._optimizer_step_post_hooks) == 0  # and EarlyStepDrop's step counter is gone too
+    assert len(opt._optimizer_step_post_hooks) == 0  # no step hook left behind either
     assert len(watch.records()) == 10
 
 

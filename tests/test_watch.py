@@ -181,7 +181,7 @@ def test_an_lr_search_before_the_fit_is_not_part_of_its_records():
 def test_records_before_any_fit_say_nothing_is_watched_yet():
     watch = lrwatch.LRWatch()
     assert watch.report is None and watch.names() == [] and watch.last_step() is None
-    for ask in (watch.records, watch.transients):
+    for ask in (watch.records, watch.transients, watch.steps_taken):
         with pytest.raises(ValueError, match="watches no optimizer yet"):
             ask()
 
@@ -418,6 +418,7 @@ def test_a_resumed_fit_measured_every_fifth_step_measures_the_same_steps(tmp_pat
     resumed = _checkpointed_fit(tmp_path / "second", watch(), 48, ckpt=next((tmp_path / "first").glob("*.ckpt")),
                                 late=late)
     assert resumed.records().steps.tolist() == [26, 31, 36, 41, 46]
+    assert resumed.steps_taken() == straight.steps_taken() == 48
     assert straight.records().steps.tolist() == list(range(1, 48, 5))
     _assert_same_up_to_rounding(resumed.report.to_dict(), straight.report.to_dict())
 

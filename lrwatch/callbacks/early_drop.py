@@ -123,9 +123,8 @@ class EarlyStepDrop(FitState, Callback):
 
         self._lrs_before: list[float] = []
         self._steps_before = 0  # trainer.global_step at the current batch's start
-        self._updates = self._updates_before = 0  # the acted-on optimizer's steps this fit, and at the batch's start
+        self._updates_before = 0  # the acted-on optimizer's steps (as its meter counts them) at the batch's start
         self._batch_open = False  # on_train_batch_start ran for the batch whose end comes next
-        self._update_hook = None  # the optimizer step post-hook that counts _updates
         self._watch: LRWatch | None = None
         self._optimizer = self._scheduler = None
         self._acts = False
@@ -204,8 +203,6 @@ class EarlyStepDrop(FitState, Callback):
             self._acts = False
             return
         self._optimizer = optimizers[self.optimizer_index]
-        self._remove_update_hook()
-        self._update_hook = self._optimizer.register_step_post_hook(self._count_update)
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if getattr(c.scheduler, "optimizer", None) is self._optimizer]
         self._scheduler = schedulers[0] if schedulers else None
         kind = control.scheduler_kind(self._scheduler)
@@ -225,18 +222,14 @@ class EarlyStepDrop(FitState, Callback):
                 rank_zero_warn(f"EarlyStepDrop: couple_weight_decay needs decoupled weight decay (AdamW); "
                                f"{type(self._optimizer).__name__} has none, so it is ignored.")
 
-    def _count_update(self, optimizer, args, kwargs) -> None:
-        self._updates += 1
-
-    def _remove_update_hook(self) -> None:
-        if self._update_hook is not None:
-            self._update_hook.remove()
-            self._update_hook = None
+    def _updates(self) -> int:
+        """Steps of the acted-on optimizer so far, as the meter that measures it counts them."""
+        return self._watch.steps_taken(self._watch.names()[self.optimizer_index])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._optimizer is not None:
             self._lrs_before = [g["lr"] for g in self._optimizer.param_groups]
-            self._steps_before, self._updates_before, self._batch_open = trainer.global_step, self._updates, True
+            self._steps_before, self._updates_before, self._batch_open = trainer.global_step, self._updates(), True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._watch is self._own_watch:
@@ -248,7 +241,7 @@ class EarlyStepDrop(FitState, Callback):
         # steps of this optimizer in this batch: 0 where it only accumulated gradients (or AMP skipped the step),
         # several where a manual training_step stepped it several times; other optimizers' steps do not count.
         # The damping and the hold budget count these; decisions follow global_step, the same on every rank
-        updates = self._updates - self._updates_before
+        updates = self._updates() - self._updates_before
         if self._wd_base is not None:
             # a group added since (BaseFinetuning) is coupled from its own lr and weight decay, as first seen (before
             # any drop this step takes)
@@ -279,13 +272,11 @@ class EarlyStepDrop(FitState, Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
-        self._remove_update_hook()
         if self._watch is self._own_watch:
             self._own_watch.on_exception(trainer, pl_module, exception)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         super().teardown(trainer, pl_module, stage)
-        self._remove_update_hook()
         self._own_watch.teardown(trainer, pl_module, stage)
 
     # -- actions ---------------------------------------------------------------------------------

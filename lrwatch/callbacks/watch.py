@@ -232,6 +232,11 @@ class LRWatch(FitState, Callback):
         """(step, m after an lr drop / (γ · m before)) for every drop so far of optimizer ``name``."""
         return list(self._find(name).transients)
 
+    def steps_taken(self, name: str | None = None) -> int:
+        """Optimizer steps of ``name`` (default: the first) its meter has counted, measured or not; a resumed fit
+        goes on from the checkpoint's count. A step the optimizer skipped (AMP's scaler on inf) is not one."""
+        return self._find(name).meter.steps_taken
+
     def last_step(self) -> int | None:
         """The last step that has reached the analysis (data arrive up to a flush late)."""
         steps = [int(w.records[-1].steps[-1]) for w in self._watched if w.records]
