@@ -265,9 +265,16 @@ def _branch_loss(task, spec, model, optimizer, scheduler, batches: np.ndarray, l
     return task.full_loss(clone)
 
 
-def _wins_clearly(candidate: float, keep: float, gain_floor: float) -> bool:
-    """The candidate branch beats keep by WIN_MARGIN relative and ``gain_floor`` absolute."""
-    return candidate < (1.0 - WIN_MARGIN) * keep and keep - candidate >= gain_floor
+def branch_labels(keep, drop, restore, decayed, gain_floor, margin: float = WIN_MARGIN):
+    """(lr_too_high, decay_too_aggressive) from the branches' full-data losses: floats or arrays of one shape
+    (elementwise). A branch wins clearly when below (1 − ``margin``) × keep and at least ``gain_floor`` below it."""
+
+    def wins_clearly(candidate):
+        return np.logical_and(candidate < (1.0 - margin) * keep, keep - candidate >= gain_floor)
+
+    with np.errstate(invalid="ignore"):  # inf - inf: a diverged keep branch against a diverged candidate
+        return (np.logical_and(wins_clearly(drop), drop < restore),
+                np.logical_and.reduce([decayed, wins_clearly(restore), restore < drop]))
 
 
 def label_checkpoint(task, spec, model, optimizer, scheduler, step, batches, start_loss) -> Checkpoint:
@@ -278,7 +285,7 @@ def label_checkpoint(task, spec, model, optimizer, scheduler, step, batches, sta
     keep = _branch_loss(task, spec, model, optimizer, scheduler, batches, lr=lr_next)
     drop = _branch_loss(task, spec, model, optimizer, scheduler, batches, lr=DROP_FACTOR * lr_next)
     restore = _branch_loss(task, spec, model, optimizer, None, batches, lr=restore_lr)
-    floor = MIN_GAIN_FRACTION * start_loss
+    too_high, too_aggressive = branch_labels(keep, drop, restore, decayed, MIN_GAIN_FRACTION * start_loss)
     return Checkpoint(
         step=step,
         lr_next=lr_next,
@@ -288,8 +295,8 @@ def label_checkpoint(task, spec, model, optimizer, scheduler, step, batches, sta
         loss_keep=keep,
         loss_drop=drop,
         loss_restore=restore,
-        lr_too_high=_wins_clearly(drop, keep, floor) and drop < restore,
-        decay_too_aggressive=decayed and _wins_clearly(restore, keep, floor) and restore < drop,
+        lr_too_high=bool(too_high),
+        decay_too_aggressive=bool(too_aggressive),
     )
 
 

@@ -249,3 +249,43 @@ def test_label_consistency_figures_against_a_hand_count():
     assert figures["informed (all) recall"] == pytest.approx(1 / 3)
     empty = consistency(np.zeros((0, 1), dtype=bool))
     assert empty["checkpoints"] == 0 and np.isnan(empty["informed (all) precision"])
+
+
+def test_detector_ceiling_margin_noise_at_zero_reproduces_the_labels_and_noise_changes_them(runs):
+    from detector_ceiling import checkpoint_table, margin_noise
+
+    table = checkpoint_table(list(runs.values()))
+    assert len(table["task"]) == sum(len(r.checkpoints) for r in runs.values())
+    exact = margin_noise(table, 0.0, np.random.default_rng(0))
+    for kind in ("lr_too_high", "decay_too_aggressive"):
+        np.testing.assert_array_equal(exact[kind], table[kind])
+    noisy = [margin_noise(table, 1.0, np.random.default_rng(seed)) for seed in range(5)]
+    assert any(not np.array_equal(n[kind], table[kind]) for n in noisy for kind in exact)
+
+
+def test_detector_ceiling_features_are_causal_and_named(runs):
+    from detector_ceiling import FEATURES, causal_features
+
+    record = runs[STEP_RUN]
+    step = record.checkpoints[2].step
+    features = causal_features(record, step)
+    assert features.shape == (len(FEATURES),)
+    later = copy.deepcopy(record)
+    for name in ("loss", "lr", "descent", "momentum", "grad_norm", "displacement"):
+        getattr(later, name)[step + 1:] = 1e6  # what comes after the checkpoint must not matter
+    np.testing.assert_array_equal(causal_features(later, step), features)
+    earlier = copy.deepcopy(record)
+    earlier.loss[step] *= 2  # the checkpoint's own update counts
+    assert not np.array_equal(causal_features(earlier, step), features, equal_nan=True)
+
+
+def test_detector_ceiling_precision_figures_against_a_hand_count():
+    from detector_ceiling import best_precision, precision_recall
+
+    labels = np.array([1, 0, 1, 1, 0], dtype=bool)
+    assert precision_recall(np.array([1, 1, 0, 1, 0], dtype=bool), labels) == pytest.approx((2 / 3, 2 / 3))
+    assert all(np.isnan(precision_recall(np.zeros(5, dtype=bool), np.zeros(5, dtype=bool))))
+    scores = np.array([0.9, 0.7, 0.8, 0.6, 0.1])  # ranked (indices 0, 2, 1, 3, 4): T T F T F
+    assert best_precision(scores, labels, 0.6) == pytest.approx(1.0)  # top 2: recall 2/3
+    assert best_precision(scores, labels, 1.0) == pytest.approx(3 / 4)  # top 4 (top 3: 2/3 at recall 2/3)
+    assert np.isnan(best_precision(scores, np.zeros(5, dtype=bool), 0.5))  # no positives: no recall reached
