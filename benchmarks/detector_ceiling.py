@@ -25,7 +25,9 @@ seeds 0-2 and 10-12; nothing is trained, the cached corpora are read):
   decayed checkpoints only (the label requires a decayed lr, which the lr series shows).
 
 Both bounds are against the same labels and checkpoints as the benchmark (every checkpoint of every run,
-before any divergence).
+before any divergence). Last, ``lrwatch.analyze`` itself, scored as the benchmark scores it, on all
+checkpoints and on those whose labels do not hang on the margin's exact value (the same at margins
+``BAND``[0] and ``BAND``[1]): how much of what it misses is a near-tie.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ import argparse
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from lrwatch import analyze
+
 from corpus_cache import corpus
 from corpus_runs import MIN_GAIN_FRACTION, RunRecord, branch_labels
-from corpus_scoring import GOAL_RECALL, LABELLED_KINDS
+from corpus_scoring import GOAL_RECALL, LABELLED_KINDS, predict_run
 from corpus_specs import FRESH_SEED_OFFSET, split_of
 
 SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
+#: Margins between which a label is a near-tie: it changes when the 10% margin moves within them.
+BAND = (0.05, 0.15)
 #: Names of the columns of `causal_features`, in order.
 FEATURES = (
     "fall50", "z50", "efficiency50", "excess50", "loss_cv50", "displacement_cv50",
@@ -100,6 +106,13 @@ def checkpoint_table(records: list[RunRecord]) -> dict[str, np.ndarray]:
     column["task"] = np.array([r.spec.task for r, _ in rows])
     column["split"] = np.array([split_of(r.spec) for r, _ in rows])
     return column
+
+
+def clear_of_margin(table: dict[str, np.ndarray], band: tuple[float, float] = BAND) -> dict[str, np.ndarray]:
+    """Per kind, the checkpoints whose label is the same at both margins of ``band``."""
+    at = [branch_labels(table["loss_keep"], table["loss_drop"], table["loss_restore"], table["decayed"],
+                        table["gain_floor"], margin) for margin in band]
+    return {kind: at[0][i] == at[1][i] for i, kind in enumerate(LABELLED_KINDS)}
 
 
 def margin_noise(table: dict[str, np.ndarray], sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -166,6 +179,18 @@ def main(argv: list[str] | None = None) -> None:
         draws = [margin_noise(table, sigma, rng) for _ in range(args.repeats)]
         cells = [np.mean([precision_recall(d[kind], table[kind]) for d in draws], axis=0) for kind in LABELLED_KINDS]
         print(f"{sigma:6.2f}" + "".join(f"{p:26.3f}{r:6.3f}" for p, r in cells))
+
+    flags = [kind in active for r in records for active in predict_run(r, analyze).checkpoint_flags
+             for kind in LABELLED_KINDS]
+    flagged = {kind: np.array(flags[i::len(LABELLED_KINDS)]) for i, kind in enumerate(LABELLED_KINDS)}
+    clear = clear_of_margin(table)
+    print(f"\nlrwatch.analyze{'':7s}" + "".join(f"{kind + ' P':>26s}{'R':>6s}{'n':>6s}" for kind in LABELLED_KINDS))
+    for name, subset in (("all checkpoints", None), (f"clear of {BAND[0]}-{BAND[1]}", clear)):
+        cells = []
+        for kind in LABELLED_KINDS:
+            keep = np.ones(len(table[kind]), dtype=bool) if subset is None else subset[kind]
+            cells.append((*precision_recall(flagged[kind][keep], table[kind][keep].astype(bool)), keep.sum()))
+        print(f"{name:22s}" + "".join(f"{p:26.3f}{r:6.3f}{n:6d}" for p, r, n in cells))
 
     features = np.stack([causal_features(r, c.step) for r in records for c in r.checkpoints])
     print(f"\nfitted classifier on {len(FEATURES)} causal features (gradient-boosted trees, depth 3, 200 rounds)")

@@ -289,3 +289,16 @@ def test_detector_ceiling_precision_figures_against_a_hand_count():
     assert best_precision(scores, labels, 0.6) == pytest.approx(1.0)  # top 2: recall 2/3
     assert best_precision(scores, labels, 1.0) == pytest.approx(3 / 4)  # top 4 (top 3: 2/3 at recall 2/3)
     assert np.isnan(best_precision(scores, np.zeros(5, dtype=bool), 0.5))  # no positives: no recall reached
+
+
+def test_detector_ceiling_near_ties_are_the_labels_the_margin_band_flips():
+    from detector_ceiling import clear_of_margin
+
+    keep = np.ones(4)
+    table = {"loss_keep": keep, "loss_drop": np.array([0.5, 0.88, 1.2, 1.2]),
+             "loss_restore": np.array([2.0, 2.0, 0.5, 0.88]), "decayed": np.array([True, True, True, True]),
+             "gain_floor": np.zeros(4)}
+    clear = clear_of_margin(table, (0.05, 0.15))
+    # 0.88 wins at margin 0.05 but not at 0.15: a near-tie; 0.5 wins and 2.0 loses at both
+    np.testing.assert_array_equal(clear["lr_too_high"], [True, False, True, True])
+    np.testing.assert_array_equal(clear["decay_too_aggressive"], [True, True, True, False])
