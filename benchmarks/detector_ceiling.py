@@ -7,7 +7,7 @@ copies of the run train 50 more updates with the lr kept, dropped 10x and restor
 its full-data loss is at least 10% below the keep branch's (``corpus_runs.branch_labels``). Its goals ask
 for precision >= 0.90 and recall >= 0.80 per diagnosis. This script measures two things that say how far
 those goals are within reach of any detector that sees only the run so far (both corpora of the benchmark,
-seeds 0-2 and 10-12; nothing is trained, the cached corpora are read):
+seeds 0-2 and 10-12, read from the cache that script fills; no network is trained here):
 
 * **Margin noise.** A detector predicts the branches' losses 50 updates ahead. An oracle that knows them up
   to independent multiplicative errors exp(sigma * z), z standard normal, relabels every checkpoint from the
