@@ -157,6 +157,12 @@ class SplitScore:
     misread_kinds: list[str]
 
 
+def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> tuple[Ratio, Ratio]:
+    """Precision and recall of boolean ``flagged`` against boolean ``truth`` (one shape)."""
+    hits = int((flagged & truth).sum())
+    return Ratio(hits, int(flagged.sum())), Ratio(hits, int(truth.sum()))
+
+
 def score_split(records: list[RunRecord], predictions: list[RunPrediction]) -> SplitScore:
     """Pool every figure over the runs given (one split)."""
     stable = [(r, p) for r, p in zip(records, predictions) if not r.diverged]
@@ -170,8 +176,7 @@ def score_split(records: list[RunRecord], predictions: list[RunPrediction]) -> S
         truth = np.array([getattr(c, kind) for c, _ in labelled], dtype=bool)
         flagged = np.array([kind in flags for _, flags in labelled], dtype=bool)
         positives[kind] = int(truth.sum())
-        precision[kind] = Ratio(int((truth & flagged).sum()), int(flagged.sum()))
-        recall[kind] = Ratio(int((truth & flagged).sum()), int(truth.sum()))
+        precision[kind], recall[kind] = precision_recall(flagged, truth)
     caught = [(r, p) for r, p in diverging if p.diverging_start is not None]
     return SplitScore(
         n_runs=len(records),

@@ -38,10 +38,12 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from lrwatch import analyze
+from lrwatch.noise_floor import excess_loss
 
 from corpus_cache import corpus
 from corpus_runs import MIN_GAIN_FRACTION, RunRecord, branch_labels
 from corpus_scoring import GOAL_RECALL, LABELLED_KINDS, predict_run
+from corpus_scoring import precision_recall as ratios
 from corpus_specs import FRESH_SEED_OFFSET, split_of
 
 SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -71,7 +73,7 @@ def causal_features(record: RunRecord, step: int) -> np.ndarray:
     n = step + 1
     loss, lr, descent, beta, grad, m = (np.asarray(a[:n], dtype=float) for a in (
         record.loss, record.lr, record.descent, record.momentum, record.grad_norm, record.displacement))
-    excess = descent / (4 * (1 - beta))
+    excess = excess_loss(descent, beta)
     peak = lr.max()
     at_peak = lr >= 0.5 * peak
     values = []
@@ -92,9 +94,8 @@ def causal_features(record: RunRecord, step: int) -> np.ndarray:
 
 
 def precision_recall(flags: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    hits = np.sum(flags & labels)
-    return (float(hits / flags.sum()) if flags.sum() else float("nan"),
-            float(hits / labels.sum()) if labels.sum() else float("nan"))
+    """`corpus_scoring.precision_recall` as floats for the tables here, NaN for 0/0."""
+    return tuple(float("nan") if ratio.value is None else ratio.value for ratio in ratios(flags, labels))
 
 
 def checkpoint_table(records: list[RunRecord]) -> dict[str, np.ndarray]:
